@@ -1,0 +1,205 @@
+"""Thin routes: parse, call one function of `service.objects`, shape the response."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, Header, Query, Request
+from fastapi.responses import JSONResponse
+from starlette.concurrency import run_in_threadpool
+
+from service import objects
+from service.api.bodies import upload_body
+from service.api.deps import ContextDep
+from service.api.schemas import ErrorInfo, Health, ObjectPage, ObjectRecord, Problem, Readiness
+from service.errors import ServiceError
+from service.ledger.models import PENDING, VERIFIED, ObjectRow
+from service.naming import object_url
+from service.settings import Settings
+
+router = APIRouter()
+
+PROBLEM = {"model": Problem, "content": {"application/problem+json": {}}}
+RETRY_AFTER = {
+    "Retry-After": {
+        "description": "seconds until asking again makes sense",
+        "schema": {"type": "integer"},
+    }
+}
+LOCATION = {"Location": {"description": "where the record lives", "schema": {"type": "string"}}}
+
+WaitQuery = Annotated[
+    float,
+    Query(
+        ge=0,
+        le=3600,
+        description="seconds to wait for the object to leave `pending` (long-poll); "
+        "bounded by the MAX_WAIT_SECONDS setting",
+    ),
+]
+
+UPLOAD_BODY = {
+    "requestBody": {
+        "required": True,
+        "description": "The object's bytes as the raw body (its Content-Type is kept), "
+        "or a multipart/form-data body with a `file` field.",
+        "content": {
+            "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "required": ["file"],
+                    "properties": {"file": {"type": "string", "format": "binary"}},
+                }
+            },
+        },
+    }
+}
+
+
+def to_record(row: ObjectRow, settings: Settings) -> ObjectRecord:
+    verified = row.state == VERIFIED
+    error = (
+        ErrorInfo(code=row.error_code, message=row.error_message or "") if row.error_code else None
+    )
+    return ObjectRecord(
+        id=row.id,
+        name=row.name,
+        bucket=row.bucket,
+        key=row.key,
+        size=row.size,
+        sha256=row.sha256,
+        content_type=row.content_type,
+        state=row.state,
+        url=object_url(settings.public_base_url, row.key) if verified else None,
+        url_expires_at=None,
+        error=error,
+        store_attempts=row.store_attempts,
+        checks=row.checks,
+        rounds=row.rounds,
+        created_at=row.created_at,
+        updated_at=row.updated_at,
+        verified_at=row.verified_at,
+        settle_by=row.settle_by,
+    )
+
+
+def _record_response(
+    row: ObjectRow, settings: Settings, status: int, **headers: str
+) -> JSONResponse:
+    if row.state == PENDING:
+        headers["Retry-After"] = str(objects.retry_after_seconds(row))
+    body = to_record(row, settings).model_dump(mode="json")
+    return JSONResponse(body, status_code=status, headers=headers)
+
+
+@router.post(
+    "/v1/objects",
+    operation_id="upload_object",
+    summary="Upload an object",
+    description="Spools the body, records the object `pending` and starts storing it. "
+    "Answers 202 while pending; with `wait`, 201 once verified within the wait.",
+    status_code=202,
+    response_model=ObjectRecord,
+    responses={
+        201: {"model": ObjectRecord, "description": "Verified within `wait`", "headers": LOCATION},
+        202: {
+            "model": ObjectRecord,
+            "description": "Accepted, pending (or failed)",
+            "headers": {**LOCATION, **RETRY_AFTER},
+        },
+        400: {**PROBLEM, "description": "invalid_name, digest_mismatch or invalid_request"},
+        409: {**PROBLEM, "description": "name_taken"},
+        413: {**PROBLEM, "description": "too_large"},
+        422: {**PROBLEM, "description": "invalid_request"},
+        503: {**PROBLEM, "description": "overloaded", "headers": RETRY_AFTER},
+    },
+    openapi_extra=UPLOAD_BODY,
+)
+async def upload_object(
+    request: Request,
+    ctx: ContextDep,
+    name: Annotated[str, Query(description="the object's name; see the name policy")],
+    wait: WaitQuery = 0,
+    content_length: Annotated[int | None, Header(include_in_schema=False)] = None,
+    content_md5: Annotated[str | None, Header(description="base64 MD5 of the body")] = None,
+    content_digest: Annotated[
+        str | None, Header(description="RFC 9530, e.g. `sha-256=:base64:`")
+    ] = None,
+) -> JSONResponse:
+    row = await objects.accept_upload(
+        ctx,
+        objects.DEFAULT_TENANT,
+        "",
+        name,
+        upload_body(request),
+        content_length,
+        objects.ClientDigests(content_md5, content_digest),
+    )
+    if wait > 0:
+        row = await objects.wait_settled(ctx, objects.DEFAULT_TENANT, row, wait)
+    status = 201 if row.state == VERIFIED else 202
+    return _record_response(row, ctx.settings, status, Location=f"/v1/objects/{row.id}")
+
+
+@router.get(
+    "/v1/objects/{object_id}",
+    operation_id="get_object",
+    summary="Read an object's record",
+    description="The record; `url` only once verified. While pending, `Retry-After` says "
+    "when to ask again; `wait` long-polls until the object leaves `pending`.",
+    response_model=ObjectRecord,
+    responses={
+        200: {"description": "The record", "headers": RETRY_AFTER},
+        404: {**PROBLEM, "description": "not_found"},
+        422: {**PROBLEM, "description": "invalid_request"},
+    },
+)
+async def get_object(ctx: ContextDep, object_id: str, wait: WaitQuery = 0) -> JSONResponse:
+    row = await objects.get_object(ctx, objects.DEFAULT_TENANT, object_id)
+    if wait > 0:
+        row = await objects.wait_settled(ctx, objects.DEFAULT_TENANT, row, wait)
+    return _record_response(row, ctx.settings, 200)
+
+
+@router.get(
+    "/v1/objects",
+    operation_id="list_objects",
+    summary="List objects, newest first",
+    response_model=ObjectPage,
+    responses={
+        400: {**PROBLEM, "description": "invalid_request (a bad cursor)"},
+        422: {**PROBLEM, "description": "invalid_request"},
+    },
+)
+async def list_objects(
+    ctx: ContextDep,
+    state: Literal["pending", "verified", "failed"] | None = None,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 50,
+    cursor: str | None = None,
+) -> ObjectPage:
+    rows, next_cursor = await objects.list_objects(
+        ctx, objects.DEFAULT_TENANT, state, limit, cursor
+    )
+    return ObjectPage(items=[to_record(row, ctx.settings) for row in rows], next_cursor=next_cursor)
+
+
+@router.get("/healthz", operation_id="health", summary="The process is up", response_model=Health)
+async def healthz() -> Health:
+    return Health(status="ok")
+
+
+@router.get(
+    "/readyz",
+    operation_id="readiness",
+    summary="The ledger and the store answer",
+    response_model=Readiness,
+    responses={503: {**PROBLEM, "description": "not_ready"}},
+)
+async def readyz(request: Request) -> Readiness:
+    checks: Any = request.app.state.readiness
+    try:
+        await run_in_threadpool(checks)
+    except Exception as exc:
+        raise ServiceError(503, "not_ready", str(exc) or type(exc).__name__) from exc
+    return Readiness(status="ok", ledger="ok", store="ok")

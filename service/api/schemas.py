@@ -1,0 +1,95 @@
+"""Response bodies, as the OpenAPI document shows them."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class ErrorInfo(BaseModel):
+    code: str = Field(
+        description="store_unavailable, never_visible, content_mismatch, store_rejected "
+        "or spool_missing",
+        examples=["never_visible"],
+    )
+    message: str
+
+
+class ObjectRecord(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "id": "3f0c2a9b8d6e4f1a9c7b5d3e1f0a2b4c",
+                    "name": "reports/2026/summary.pdf",
+                    "bucket": "verified-urls",
+                    "key": "reports/2026/summary.pdf",
+                    "size": 48213,
+                    "sha256": "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08",
+                    "content_type": "application/pdf",
+                    "state": "verified",
+                    "url": "http://127.0.0.1:9000/verified-urls/reports/2026/summary.pdf",
+                    "url_expires_at": None,
+                    "error": None,
+                    "store_attempts": 1,
+                    "checks": 1,
+                    "rounds": 1,
+                    "created_at": "2026-12-03T12:00:00Z",
+                    "updated_at": "2026-12-03T12:00:00.120000Z",
+                    "verified_at": "2026-12-03T12:00:00.120000Z",
+                    "settle_by": "2026-12-03T14:31:00Z",
+                }
+            ]
+        }
+    )
+
+    id: str
+    name: str
+    bucket: str
+    key: str
+    size: int
+    sha256: str
+    content_type: str
+    state: Literal["pending", "verified", "failed"]
+    url: str | None = Field(description="present only when state is verified")
+    url_expires_at: datetime | None = Field(
+        description="when a presigned URL stops working; null for public URLs"
+    )
+    error: ErrorInfo | None = Field(description="why the object failed; null otherwise")
+    store_attempts: int = Field(description="PUTs made, over all rounds")
+    checks: int = Field(description="presence checks made, over all rounds")
+    rounds: int = Field(description="the current round: 1 is the first store, more are re-runs")
+    created_at: datetime
+    updated_at: datetime
+    verified_at: datetime | None
+    settle_by: datetime = Field(description="the latest time the object will have left pending")
+
+
+class ObjectPage(BaseModel):
+    items: list[ObjectRecord]
+    next_cursor: str | None = Field(
+        description="pass as `cursor` for the next page; null at the end"
+    )
+
+
+class Problem(BaseModel):
+    """RFC 9457 problem details, with a stable machine `code`."""
+
+    type: str
+    title: str
+    status: int
+    code: str = Field(examples=["invalid_name"])
+    detail: str
+    instance: str | None = None
+
+
+class Health(BaseModel):
+    status: Literal["ok"]
+
+
+class Readiness(BaseModel):
+    status: Literal["ok"]
+    ledger: Literal["ok"]
+    store: Literal["ok"]

@@ -1,0 +1,84 @@
+"""`verified-urls`: serve, migrate, openapi."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Sequence
+
+import yaml
+
+
+def _serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from service.app import create_app
+    from service.ledger.database import migrate
+    from service.settings import Settings
+
+    settings = Settings()
+    migrate(settings.DATABASE_URL)
+    app = create_app(settings, run_worker=not args.no_worker)
+    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, access_log=False)
+    return 0
+
+
+def _migrate(_: argparse.Namespace) -> int:
+    from service.ledger.database import migrate
+    from service.settings import Settings
+
+    migrate(Settings().DATABASE_URL)
+    print("ledger migrated to head")
+    return 0
+
+
+def openapi_document() -> dict[str, object]:
+    from service.app import create_app
+    from service.settings import Settings
+
+    return create_app(Settings()).openapi()
+
+
+def _openapi(args: argparse.Namespace) -> int:
+    document = openapi_document()
+    if args.json:
+        json.dump(document, sys.stdout, indent=2)
+        print()
+    else:
+        yaml.safe_dump(document, sys.stdout, sort_keys=False, allow_unicode=True)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="verified-urls", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    serve = commands.add_parser("serve", help="migrate, then serve the API and the verifier")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--no-worker", action="store_true", help="the API alone, no verifier")
+    serve.add_argument("--log-level", default="info")
+    serve.set_defaults(func=_serve)
+
+    migrate = commands.add_parser("migrate", help="apply the ledger's migrations")
+    migrate.set_defaults(func=_migrate)
+
+    openapi = commands.add_parser("openapi", help="print the OpenAPI document (YAML)")
+    openapi.add_argument("--json", action="store_true")
+    openapi.set_defaults(func=_openapi)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    args = build_parser().parse_args(argv)
+    result: int = args.func(args)
+    return result
+
+
+if __name__ == "__main__":
+    sys.exit(main())

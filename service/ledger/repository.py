@@ -1,0 +1,197 @@
+"""Every SQL statement of the ledger. Functions never commit: their caller owns
+the transaction."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from datetime import datetime, timedelta
+
+from sqlalchemy import and_, func, or_, select, update
+from sqlalchemy.orm import Session
+
+from service.ledger.models import PENDING, EventRow, ObjectRow
+from service.storage.base import StoreCall
+
+# columns the verifier may change; everything else is fixed at upload
+WORK_COLUMNS = (
+    "state",
+    "phase",
+    "rounds",
+    "store_attempts",
+    "round_store_attempts",
+    "checks",
+    "round_checks",
+    "check_errors",
+    "stored_at",
+    "overwrite",
+    "next_action_at",
+    "last_error_code",
+    "last_error_detail",
+    "error_code",
+    "error_message",
+    "etag",
+    "version_id",
+    "updated_at",
+    "verified_at",
+)
+
+
+def new_object_id() -> str:
+    return uuid.uuid4().hex
+
+
+def insert_object(session: Session, row: ObjectRow) -> None:
+    session.add(row)
+    session.flush()
+
+
+def get_object(session: Session, tenant: str, object_id: str) -> ObjectRow | None:
+    return session.scalars(
+        select(ObjectRow).where(ObjectRow.id == object_id, ObjectRow.tenant == tenant)
+    ).one_or_none()
+
+
+def live_name_exists(session: Session, tenant: str, name: str) -> bool:
+    found = session.scalar(
+        select(ObjectRow.id).where(
+            ObjectRow.tenant == tenant,
+            ObjectRow.name == name,
+            ObjectRow.state.in_(("pending", "verified")),
+        )
+    )
+    return found is not None
+
+
+def pending_bytes(session: Session) -> int:
+    """What the spool holds: every pending object keeps its copy there."""
+    total = session.scalar(
+        select(func.coalesce(func.sum(ObjectRow.size), 0)).where(ObjectRow.state == PENDING)
+    )
+    return int(total or 0)
+
+
+def list_objects(
+    session: Session,
+    tenant: str,
+    state: str | None,
+    limit: int,
+    after: tuple[datetime, str] | None,
+) -> Sequence[ObjectRow]:
+    """Newest first; `after` is the (created_at, id) of the last row already seen."""
+    query = select(ObjectRow).where(ObjectRow.tenant == tenant)
+    if state is not None:
+        query = query.where(ObjectRow.state == state)
+    if after is not None:
+        created_at, object_id = after
+        query = query.where(
+            or_(
+                ObjectRow.created_at < created_at,
+                and_(ObjectRow.created_at == created_at, ObjectRow.id < object_id),
+            )
+        )
+    query = query.order_by(ObjectRow.created_at.desc(), ObjectRow.id.desc()).limit(limit)
+    return session.scalars(query).all()
+
+
+def claim_due(
+    session: Session, owner: str, now: datetime, lease_seconds: float, limit: int
+) -> list[ObjectRow]:
+    """Leases up to `limit` due pending rows. On PostgreSQL, SKIP LOCKED lets any
+    number of workers claim at once without taking the same row twice."""
+    rows = list(
+        session.scalars(
+            select(ObjectRow)
+            .where(
+                ObjectRow.state == PENDING,
+                ObjectRow.next_action_at <= now,
+                or_(ObjectRow.lease_expires_at.is_(None), ObjectRow.lease_expires_at < now),
+            )
+            .order_by(ObjectRow.next_action_at)
+            .limit(limit)
+            .with_for_update(skip_locked=True)
+        )
+    )
+    expires = now + timedelta(seconds=lease_seconds)
+    for row in rows:
+        row.lease_owner = owner
+        row.lease_token = uuid.uuid4().hex
+        row.lease_expires_at = expires
+    session.flush()
+    return rows
+
+
+def next_due_at(session: Session) -> datetime | None:
+    return session.scalar(
+        select(func.min(ObjectRow.next_action_at)).where(ObjectRow.state == PENDING)
+    )
+
+
+def save_step(
+    session: Session,
+    row: ObjectRow,
+    token: str,
+    *,
+    keep_lease_until: datetime | None,
+) -> bool:
+    """Writes the row's work columns if the caller still holds its lease.
+
+    Returns False when the lease was lost (taken over after expiry): then
+    nothing is written, and the caller must drop the row.
+    """
+    values = {name: getattr(row, name) for name in WORK_COLUMNS}
+    if keep_lease_until is None:
+        values.update(lease_owner=None, lease_token=None, lease_expires_at=None)
+    else:
+        values["lease_expires_at"] = keep_lease_until
+    result = session.execute(
+        update(ObjectRow)
+        .where(ObjectRow.id == row.id, ObjectRow.lease_token == token)
+        .values(**values)
+        .execution_options(synchronize_session=False)
+    )
+    return bool(result.rowcount)  # type: ignore[attr-defined]
+
+
+def renew_leases(session: Session, tokens: Sequence[str], until: datetime) -> int:
+    if not tokens:
+        return 0
+    result = session.execute(
+        update(ObjectRow)
+        .where(ObjectRow.lease_token.in_(tokens))
+        .values(lease_expires_at=until)
+        .execution_options(synchronize_session=False)
+    )
+    return int(result.rowcount)  # type: ignore[attr-defined]
+
+
+def add_events(
+    session: Session,
+    object_id: str,
+    round_number: int,
+    calls: Sequence[StoreCall],
+    at: datetime,
+    worker: str,
+    outcome_override: str | None = None,
+) -> None:
+    for call in calls:
+        session.add(
+            EventRow(
+                object_id=object_id,
+                at=at,
+                round=round_number,
+                action=call.action,
+                outcome=outcome_override or call.outcome,
+                error_code=call.error_code,
+                detail=call.detail,
+                http_status=call.http_status,
+                latency_ms=round(call.latency_seconds * 1000, 3),
+                worker=worker,
+            )
+        )
+
+
+def events_for(session: Session, object_id: str) -> Sequence[EventRow]:
+    return session.scalars(
+        select(EventRow).where(EventRow.object_id == object_id).order_by(EventRow.id)
+    ).all()

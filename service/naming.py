@@ -1,0 +1,44 @@
+"""The name policy, store keys and URLs.
+
+A name is the object's name within its tenant; its store key is the tenant's
+key prefix plus the name. Names are checked before anything is stored.
+"""
+
+from __future__ import annotations
+
+import unicodedata
+from urllib.parse import quote
+
+MAX_NAME_BYTES = 1024
+
+
+def name_problem(name: str) -> str | None:
+    """Why `name` is not acceptable, or None when it is."""
+    if not name:
+        return "the name is empty"
+    try:
+        encoded = name.encode("utf-8")
+    except UnicodeEncodeError:
+        return "the name is not valid UTF-8"
+    if len(encoded) > MAX_NAME_BYTES:
+        return f"the name is longer than {MAX_NAME_BYTES} bytes in UTF-8"
+    if any(unicodedata.category(char) == "Cc" for char in name):
+        return "the name contains control characters"
+    if name.startswith("/"):
+        return "the name starts with '/'"
+    if "//" in name:
+        return "the name contains '//'"
+    if name.endswith("/"):
+        return "the name ends with '/'"
+    if any(segment in (".", "..") for segment in name.split("/")):
+        return "the name contains a '.' or '..' segment"
+    return None
+
+
+def store_key(key_prefix: str, name: str) -> str:
+    return f"{key_prefix}{name}"
+
+
+def object_url(public_base_url: str, key: str) -> str:
+    """Every byte percent-encoded except A-Z a-z 0-9 - . _ ~ /."""
+    return f"{public_base_url.rstrip('/')}/{quote(key, safe='/')}"

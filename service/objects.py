@@ -1,0 +1,254 @@
+"""Accepting uploads and reading records: what the routes call."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Protocol
+
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session, sessionmaker
+from starlette.concurrency import run_in_threadpool
+
+from service import errors
+from service.ledger import repository
+from service.ledger.models import PENDING, STORING, ObjectRow
+from service.naming import name_problem, store_key
+from service.settings import Settings
+from service.spool import Spool, SpooledObject, SpoolWriter, TooLarge
+from service.verifier.notify import Settlements
+from service.verifier.policy import Policy
+
+DEFAULT_TENANT = "default"
+# how often a waiting client re-reads the ledger, for objects settled elsewhere
+WAIT_RECHECK_SECONDS = 1.0
+
+
+@dataclass
+class ObjectsContext:
+    """What request handling needs; built once in the app's lifespan."""
+
+    settings: Settings
+    sessions: sessionmaker[Session]
+    spool: Spool
+    policy: Policy
+    settlements: Settlements
+    wake_verifier: Callable[[], None]
+    bucket: str
+
+
+class UploadBody(Protocol):
+    """An upload's bytes; `content_type` is final once the chunks are consumed."""
+
+    content_type: str
+
+    def chunks(self) -> AsyncIterator[bytes]: ...
+
+
+@dataclass(frozen=True)
+class ClientDigests:
+    content_md5: str | None = None
+    content_digest: str | None = None
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def _expected_digests(digests: ClientDigests) -> tuple[str | None, str | None]:
+    """(md5 hex, sha256 hex) that the client says the body has."""
+    md5_hex = sha256_hex = None
+    try:
+        if digests.content_md5:
+            md5_hex = base64.b64decode(digests.content_md5.strip(), validate=True).hex()
+        if digests.content_digest:
+            for item in digests.content_digest.split(","):
+                algorithm, _, value = item.strip().partition("=")
+                if algorithm.strip().lower() == "sha-256":
+                    sha256_hex = base64.b64decode(value.strip().strip(":"), validate=True).hex()
+    except (binascii.Error, ValueError) as exc:
+        raise errors.invalid_request("Content-MD5 or Content-Digest is not valid base64") from exc
+    if md5_hex is not None and len(md5_hex) != 32:
+        raise errors.invalid_request("Content-MD5 must be the base64 of 16 bytes")
+    if sha256_hex is not None and len(sha256_hex) != 64:
+        raise errors.invalid_request("Content-Digest sha-256 must be the base64 of 32 bytes")
+    return md5_hex, sha256_hex
+
+
+async def accept_upload(
+    ctx: ObjectsContext,
+    tenant: str,
+    key_prefix: str,
+    name: str,
+    body: UploadBody,
+    content_length: int | None,
+    digests: ClientDigests,
+) -> ObjectRow:
+    """Spools the body, records the object `pending`, and wakes the verifier.
+
+    Every refusal leaves nothing behind: no row, no spool file.
+    """
+    problem = name_problem(name)
+    if problem is not None:
+        raise errors.invalid_name(problem)
+    expected_md5, expected_sha256 = _expected_digests(digests)
+    settings = ctx.settings
+    if content_length is not None and content_length > settings.MAX_OBJECT_BYTES:
+        raise errors.too_large(settings.MAX_OBJECT_BYTES)
+
+    def precheck() -> int:
+        with ctx.sessions() as session:
+            if repository.live_name_exists(session, tenant, name):
+                raise errors.name_taken(name)
+            return repository.pending_bytes(session)
+
+    spool_room = settings.SPOOL_MAX_BYTES - await run_in_threadpool(precheck)
+    if content_length is not None and content_length > spool_room:
+        raise errors.overloaded("the spool is full; try again later")
+
+    spooled = await _spool_body(ctx, body, min(settings.MAX_OBJECT_BYTES, spool_room))
+    try:
+        if expected_md5 is not None and expected_md5 != spooled.md5:
+            raise errors.digest_mismatch("Content-MD5")
+        if expected_sha256 is not None and expected_sha256 != spooled.sha256:
+            raise errors.digest_mismatch("Content-Digest")
+        row = _new_row(ctx, tenant, store_key(key_prefix, name), name, body.content_type, spooled)
+        await run_in_threadpool(_insert, ctx.sessions, row)
+    except BaseException:
+        Spool.release(spooled.path)
+        raise
+    ctx.wake_verifier()
+    return row
+
+
+async def _spool_body(ctx: ObjectsContext, body: UploadBody, max_bytes: int) -> SpooledObject:
+    writer: SpoolWriter = ctx.spool.writer(max_bytes)
+    try:
+        async for chunk in body.chunks():
+            writer.write(chunk)
+        return writer.finish()
+    except TooLarge as exc:
+        writer.discard()
+        if writer.size > ctx.settings.MAX_OBJECT_BYTES:
+            raise errors.too_large(ctx.settings.MAX_OBJECT_BYTES) from exc
+        raise errors.overloaded("the spool is full; try again later") from exc
+    except BaseException:
+        writer.discard()
+        raise
+
+
+def _new_row(
+    ctx: ObjectsContext,
+    tenant: str,
+    key: str,
+    name: str,
+    content_type: str,
+    spooled: SpooledObject,
+) -> ObjectRow:
+    now = utcnow()
+    return ObjectRow(
+        id=repository.new_object_id(),
+        tenant=tenant,
+        name=name,
+        bucket=ctx.bucket,
+        key=key,
+        size=spooled.size,
+        sha256=spooled.sha256,
+        md5=spooled.md5,
+        part_size=spooled.part_size,
+        part_md5s=",".join(spooled.part_md5s) or None,
+        content_type=content_type[:255],
+        spool_path=str(spooled.path),
+        state=PENDING,
+        phase=STORING,
+        rounds=1,
+        store_attempts=0,
+        round_store_attempts=0,
+        checks=0,
+        round_checks=0,
+        check_errors=0,
+        overwrite=False,
+        next_action_at=now,
+        created_at=now,
+        updated_at=now,
+        settle_by=ctx.policy.settle_by(now, spooled.size),
+    )
+
+
+def _insert(sessions: sessionmaker[Session], row: ObjectRow) -> None:
+    try:
+        with sessions.begin() as session:
+            repository.insert_object(session, row)
+    except IntegrityError as exc:
+        # two uploads of one name raced past the first look: the index decides
+        raise errors.name_taken(row.name) from exc
+
+
+async def get_object(ctx: ObjectsContext, tenant: str, object_id: str) -> ObjectRow:
+    def read() -> ObjectRow | None:
+        with ctx.sessions() as session:
+            return repository.get_object(session, tenant, object_id)
+
+    row = await run_in_threadpool(read)
+    if row is None:
+        raise errors.not_found()
+    return row
+
+
+async def wait_settled(
+    ctx: ObjectsContext, tenant: str, row: ObjectRow, wait_seconds: float
+) -> ObjectRow:
+    """Long-poll: returns once the object leaves pending, or when the wait is over.
+
+    Woken by the in-process verifier at once; re-reads the ledger at most once a
+    second for objects that another process settles.
+    """
+    deadline = time.monotonic() + min(wait_seconds, ctx.settings.MAX_WAIT_SECONDS)
+    while row.state == PENDING:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            break
+        await ctx.settlements.wait(row.id, min(remaining, WAIT_RECHECK_SECONDS))
+        row = await get_object(ctx, tenant, row.id)
+    return row
+
+
+async def list_objects(
+    ctx: ObjectsContext, tenant: str, state: str | None, limit: int, cursor: str | None
+) -> tuple[list[ObjectRow], str | None]:
+    after = decode_cursor(cursor) if cursor else None
+
+    def read() -> list[ObjectRow]:
+        with ctx.sessions() as session:
+            return list(repository.list_objects(session, tenant, state, limit + 1, after))
+
+    rows = await run_in_threadpool(read)
+    next_cursor = encode_cursor(rows[limit - 1]) if len(rows) > limit else None
+    return rows[:limit], next_cursor
+
+
+def encode_cursor(row: ObjectRow) -> str:
+    raw = f"{row.created_at.isoformat()}|{row.id}".encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> tuple[datetime, str]:
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+        created, object_id = raw.split("|", 1)
+        created_at = datetime.fromisoformat(created)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise errors.invalid_request("the cursor is not one this service gave out") from exc
+    if created_at.tzinfo is None:
+        raise errors.invalid_request("the cursor is not one this service gave out")
+    return created_at, object_id
+
+
+def retry_after_seconds(row: ObjectRow) -> int:
+    """When a polling client should ask again: the next action, within 1..30 s."""
+    seconds = (row.next_action_at - utcnow()).total_seconds()
+    return int(min(30, max(1, seconds + 0.999)))

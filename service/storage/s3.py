@@ -1,0 +1,238 @@
+"""The boto3 S3 store. boto3's own retries are off: the ledger owns every retry."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import boto3
+from botocore.config import Config
+from botocore.exceptions import BotoCoreError, ClientError
+
+from service.storage.base import (
+    NotFound,
+    ObjectInfo,
+    PreconditionFailed,
+    PutRequest,
+    PutResult,
+    Rejected,
+    StoreCalls,
+    StoreError,
+    Unavailable,
+)
+
+# Answers that no retry can change. Everything else, 403 included, is retried.
+PERMANENT_CODES = frozenset(
+    {
+        "EntityTooLarge",
+        "EntityTooSmall",
+        "NoSuchBucket",
+        "InvalidBucketName",
+        "KeyTooLongError",
+        "MetadataTooLarge",
+        "InvalidStorageClass",
+    }
+)
+READ_CHUNK_BYTES = 1024 * 1024
+
+
+def make_s3_client(
+    *,
+    endpoint_url: str | None,
+    region: str,
+    max_pool_connections: int,
+    connect_timeout_seconds: float,
+    read_timeout_seconds: float,
+    access_key_id: str | None = None,
+    secret_access_key: str | None = None,
+) -> Any:
+    config = Config(
+        region_name=region,
+        connect_timeout=connect_timeout_seconds,
+        read_timeout=read_timeout_seconds,
+        retries={"max_attempts": 1, "mode": "standard"},
+        max_pool_connections=max_pool_connections,
+        s3={"addressing_style": "path"},
+        signature_version="s3v4",
+        # We send Content-MD5 ourselves; trailing CRC checksums would only be echoed.
+        request_checksum_calculation="when_required",
+        response_checksum_validation="when_required",
+    )
+    return boto3.session.Session().client(
+        "s3",
+        endpoint_url=endpoint_url,
+        aws_access_key_id=access_key_id,
+        aws_secret_access_key=secret_access_key,
+        config=config,
+    )
+
+
+def translate(exc: Exception) -> StoreError:
+    """Turns a boto3/botocore failure into the service's own error, keeping the code."""
+    if isinstance(exc, ClientError):
+        error = exc.response.get("Error", {})
+        status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+        code = str(error.get("Code") or status or "ClientError")
+        detail = str(error.get("Message") or "")
+        if status == 404 or code in {"NoSuchKey", "404", "NotFound"}:
+            if code == "NoSuchBucket":
+                return Rejected(code, detail, status)
+            return NotFound(code, detail, status)
+        if status == 412 or code == "PreconditionFailed":
+            return PreconditionFailed(code, detail, status)
+        if code in PERMANENT_CODES:
+            return Rejected(code, detail, status)
+        return Unavailable(code, detail, status)
+    if isinstance(exc, BotoCoreError):
+        return Unavailable(type(exc).__name__, str(exc))
+    return Unavailable(type(exc).__name__, str(exc))
+
+
+@contextmanager
+def translated() -> Iterator[None]:
+    try:
+        yield
+    except (ClientError, BotoCoreError, OSError) as exc:
+        raise translate(exc) from exc
+
+
+def _md5_b64(md5_hex: str) -> str:
+    return base64.b64encode(bytes.fromhex(md5_hex)).decode()
+
+
+class S3Store:
+    def __init__(self, client: Any, bucket: str, region: str) -> None:
+        self._client = client
+        self.bucket = bucket
+        self._region = region
+
+    def put(self, request: PutRequest, calls: StoreCalls) -> PutResult:
+        if request.part_size is None:
+            return self._put_single(request, calls)
+        return self._put_multipart(request, calls)
+
+    def _put_single(self, request: PutRequest, calls: StoreCalls) -> PutResult:
+        extra: dict[str, Any] = {}
+        if request.if_none_match:
+            extra["IfNoneMatch"] = "*"
+        with request.source.open("rb") as body, calls.timed("put"), translated():
+            answer = self._client.put_object(
+                Bucket=self.bucket,
+                Key=request.key,
+                Body=body,
+                ContentLength=request.size,
+                ContentMD5=_md5_b64(request.md5_hex),
+                ContentType=request.content_type,
+                **extra,
+            )
+        return PutResult(str(answer.get("ETag", "")).strip('"'), answer.get("VersionId"))
+
+    def _put_multipart(self, request: PutRequest, calls: StoreCalls) -> PutResult:
+        assert request.part_size is not None
+        with calls.timed("create_multipart"), translated():
+            upload_id = self._client.create_multipart_upload(
+                Bucket=self.bucket, Key=request.key, ContentType=request.content_type
+            )["UploadId"]
+        try:
+            parts = self._upload_parts(request, upload_id, calls)
+            extra: dict[str, Any] = {}
+            if request.if_none_match:
+                extra["IfNoneMatch"] = "*"
+            with calls.timed("complete_multipart"), translated():
+                answer = self._client.complete_multipart_upload(
+                    Bucket=self.bucket,
+                    Key=request.key,
+                    UploadId=upload_id,
+                    MultipartUpload={"Parts": parts},
+                    **extra,
+                )
+        except StoreError:
+            self._abort(request.key, upload_id, calls)
+            raise
+        return PutResult(str(answer.get("ETag", "")).strip('"'), answer.get("VersionId"))
+
+    def _upload_parts(
+        self, request: PutRequest, upload_id: str, calls: StoreCalls
+    ) -> list[dict[str, Any]]:
+        assert request.part_size is not None
+        parts: list[dict[str, Any]] = []
+        with request.source.open("rb") as source:
+            for number, md5_hex in enumerate(request.part_md5s, start=1):
+                # One part in memory at a time: the object never is, whole.
+                chunk = source.read(request.part_size)
+                with calls.timed("upload_part"), translated():
+                    answer = self._client.upload_part(
+                        Bucket=self.bucket,
+                        Key=request.key,
+                        UploadId=upload_id,
+                        PartNumber=number,
+                        Body=chunk,
+                        ContentMD5=_md5_b64(md5_hex),
+                    )
+                parts.append({"PartNumber": number, "ETag": answer["ETag"]})
+        return parts
+
+    def _abort(self, key: str, upload_id: str, calls: StoreCalls) -> None:
+        try:
+            with calls.timed("abort_multipart"), translated():
+                self._client.abort_multipart_upload(Bucket=self.bucket, Key=key, UploadId=upload_id)
+        except StoreError:
+            pass  # a leftover upload costs storage, not correctness
+
+    def head(self, key: str, calls: StoreCalls) -> ObjectInfo:
+        with calls.timed("head"), translated():
+            answer = self._client.head_object(Bucket=self.bucket, Key=key)
+        return ObjectInfo(
+            size=int(answer["ContentLength"]),
+            etag=str(answer.get("ETag", "")).strip('"'),
+            version_id=answer.get("VersionId"),
+            server_side_encryption=answer.get("ServerSideEncryption"),
+        )
+
+    def read_sha256(self, key: str, calls: StoreCalls) -> tuple[int, str]:
+        digest = hashlib.sha256()
+        size = 0
+        with calls.timed("get"), translated():
+            body = self._client.get_object(Bucket=self.bucket, Key=key)["Body"]
+            try:
+                for chunk in body.iter_chunks(READ_CHUNK_BYTES):
+                    digest.update(chunk)
+                    size += len(chunk)
+            finally:
+                body.close()
+        return size, digest.hexdigest()
+
+    def delete(self, key: str, calls: StoreCalls) -> None:
+        try:
+            with calls.timed("delete"), translated():
+                self._client.delete_object(Bucket=self.bucket, Key=key)
+        except NotFound:
+            pass
+
+    def ensure_bucket(self) -> None:
+        with translated():
+            try:
+                self._client.head_bucket(Bucket=self.bucket)
+                return
+            except ClientError as exc:
+                status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+                if status != 404:
+                    raise
+            extra: dict[str, Any] = {}
+            if self._region != "us-east-1":
+                extra["CreateBucketConfiguration"] = {"LocationConstraint": self._region}
+            try:
+                self._client.create_bucket(Bucket=self.bucket, **extra)
+            except ClientError as exc:
+                if exc.response.get("Error", {}).get("Code") not in {
+                    "BucketAlreadyOwnedByYou",
+                    "BucketAlreadyExists",
+                }:
+                    raise
+
+    def ping(self) -> None:
+        with translated():
+            self._client.head_bucket(Bucket=self.bucket)
