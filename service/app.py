@@ -11,6 +11,7 @@ from contextlib import AsyncExitStack, asynccontextmanager
 from typing import Any
 
 from fastapi import FastAPI
+from fastapi.openapi.utils import get_openapi
 from sqlalchemy import text
 
 from service.api import problems
@@ -157,7 +158,25 @@ def create_app(
     )
     problems.install(app)
     app.include_router(router)
+    app.openapi = lambda: _openapi_with_problems(app)  # type: ignore[method-assign]
     return app
+
+
+def _openapi_with_problems(app: FastAPI) -> dict[str, Any]:
+    """Error bodies are `application/problem+json` only (FastAPI would say JSON)."""
+    if app.openapi_schema is not None:
+        return app.openapi_schema
+    document = get_openapi(
+        title=app.title, version=app.version, description=app.description, routes=app.routes
+    )
+    for operations in document["paths"].values():
+        for operation in operations.values():
+            for status, response in operation.get("responses", {}).items():
+                content = response.get("content", {})
+                if status.startswith(("4", "5")) and "application/json" in content:
+                    response["content"] = {"application/problem+json": content["application/json"]}
+    app.openapi_schema = document
+    return document
 
 
 async def _stop_worker(task: asyncio.Task[Any]) -> None:

@@ -19,7 +19,7 @@ from service.settings import Settings
 
 router = APIRouter()
 
-PROBLEM = {"model": Problem, "content": {"application/problem+json": {}}}
+PROBLEM: dict[str, Any] = {"model": Problem}
 RETRY_AFTER = {
     "Retry-After": {
         "description": "seconds until asking again makes sense",
