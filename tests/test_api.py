@@ -38,7 +38,9 @@ def client(make_settings: Callable[..., Settings]) -> Iterator[TestClient]:
 
 def upload(client: TestClient, name: str, data: bytes, **params: Any) -> httpx.Response:
     headers = params.pop("headers", {"Content-Type": "text/plain"})
-    return client.post("/v1/objects", params={"name": name, **params}, content=data, headers=headers)
+    return client.post(
+        "/v1/objects", params={"name": name, **params}, content=data, headers=headers
+    )
 
 
 def assert_problem(response: httpx.Response, status: int, code: str) -> dict[str, Any]:
@@ -108,7 +110,9 @@ def test_multipart_form_upload_keeps_the_part_content_type(client: TestClient) -
 
 
 def test_form_without_file_field_is_refused(client: TestClient, make_settings: Any) -> None:
-    response = client.post("/v1/objects", params={"name": "f"}, data={"other": "x"}, files={"x": ("a", b"b")})
+    response = client.post(
+        "/v1/objects", params={"name": "f"}, data={"other": "x"}, files={"x": ("a", b"b")}
+    )
     assert_problem(response, 400, "invalid_request")
 
 
@@ -126,7 +130,14 @@ def test_large_object_goes_up_in_parts(make_settings: Callable[..., Settings]) -
         actions = [e.action for e in repository.events_for(session, record["id"])]
     engine.dispose()
     assert row is not None and row.etag == multipart_etag(parts)
-    assert actions == ["create_multipart", "upload_part", "upload_part", "upload_part", "complete_multipart", "head"]
+    assert actions == [
+        "create_multipart",
+        "upload_part",
+        "upload_part",
+        "upload_part",
+        "complete_multipart",
+        "head",
+    ]
     assert hashlib.sha256(httpx.get(record["url"]).content).hexdigest() == record["sha256"]
 
 
@@ -134,7 +145,10 @@ def test_large_object_goes_up_in_parts(make_settings: Callable[..., Settings]) -
     ("header", "value"),
     [
         ("Content-MD5", base64.b64encode(hashlib.md5(b"other").digest()).decode()),
-        ("Content-Digest", "sha-256=:" + base64.b64encode(hashlib.sha256(b"other").digest()).decode() + ":"),
+        (
+            "Content-Digest",
+            "sha-256=:" + base64.b64encode(hashlib.sha256(b"other").digest()).decode() + ":",
+        ),
     ],
 )
 def test_digest_mismatch_keeps_nothing(
@@ -149,13 +163,17 @@ def test_matching_digests_are_accepted(client: TestClient) -> None:
     data = b"payload"
     headers = {
         "Content-MD5": base64.b64encode(hashlib.md5(data).digest()).decode(),
-        "Content-Digest": "sha-256=:" + base64.b64encode(hashlib.sha256(data).digest()).decode() + ":",
+        "Content-Digest": "sha-256=:"
+        + base64.b64encode(hashlib.sha256(data).digest()).decode()
+        + ":",
     }
     assert upload(client, "ok.txt", data, headers=headers, wait=10).status_code == 201
 
 
 def test_malformed_digest_is_a_clear_400(client: TestClient) -> None:
-    assert_problem(upload(client, "m.txt", b"x", headers={"Content-MD5": "!!"}), 400, "invalid_request")
+    assert_problem(
+        upload(client, "m.txt", b"x", headers={"Content-MD5": "!!"}), 400, "invalid_request"
+    )
 
 
 def test_too_large_is_413_and_keeps_nothing(make_settings: Callable[..., Settings]) -> None:

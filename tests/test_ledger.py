@@ -111,7 +111,10 @@ def test_events_are_appended_in_order(engine: Engine) -> None:
             session,
             row.id,
             1,
-            [StoreCall("put", "error", 0.01, "AccessDenied", "no", 403), StoreCall("put", "ok", 0.02)],
+            [
+                StoreCall("put", "error", 0.01, "AccessDenied", "no", 403),
+                StoreCall("put", "ok", 0.02),
+            ],
             now,
             "w1",
         )

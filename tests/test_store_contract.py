@@ -64,7 +64,10 @@ def test_put_then_head_and_read_back(store: ObjectStore, tmp_path: Path) -> None
     assert result.etag == hashlib.md5(data).hexdigest()
     info = store.head("a b+c%d/ü.txt", calls)
     assert (info.size, info.etag) == (len(data), result.etag)
-    assert store.read_sha256("a b+c%d/ü.txt", calls) == (len(data), hashlib.sha256(data).hexdigest())
+    assert store.read_sha256("a b+c%d/ü.txt", calls) == (
+        len(data),
+        hashlib.sha256(data).hexdigest(),
+    )
     assert [c.action for c in calls.calls] == ["put", "head", "get"]
     assert all(c.outcome == "ok" and c.latency_seconds >= 0 for c in calls.calls)
 

@@ -55,6 +55,7 @@ class VerifierConfig:
     concurrency: int
     lease_seconds: float
     poll_seconds: float
+    shutdown_seconds: float = 8.0  # how long a stop waits for steps in flight
 
 
 class Verifier:
@@ -105,7 +106,7 @@ class Verifier:
         finally:
             heartbeat.cancel()
             if self._tasks:
-                await asyncio.wait(self._tasks, timeout=self._config.lease_seconds)
+                await asyncio.wait(self._tasks, timeout=self._config.shutdown_seconds)
             await self._release_all()
 
     async def _claim(self, limit: int) -> list[ObjectRow]:
