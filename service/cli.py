@@ -5,8 +5,10 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import signal
 import sys
 from collections.abc import Sequence
+from types import FrameType
 
 import yaml
 
@@ -21,8 +23,29 @@ def _serve(args: argparse.Namespace) -> int:
     settings = Settings()
     migrate(settings.DATABASE_URL)
     app = create_app(settings, run_worker=not args.no_worker)
-    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, access_log=False)
-    return 0
+    config = uvicorn.Config(
+        app, host=args.host, port=args.port, log_level=args.log_level, access_log=False
+    )
+    server = _orderly_server_class()(config)
+    server.run()
+    return 0 if server.started else 1
+
+
+def _orderly_server_class() -> type:
+    import uvicorn
+
+    class OrderlyServer(uvicorn.Server):
+        """SIGTERM is the orderly stop: after the graceful shutdown, exit 0.
+
+        uvicorn re-raises a caught SIGTERM once it has shut down, so supervisors
+        would see every stop as death by signal (status 143)."""
+
+        def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+            super().handle_exit(sig, frame)
+            if sig == signal.SIGTERM and sig in self._captured_signals:
+                self._captured_signals.remove(sig)
+
+    return OrderlyServer
 
 
 def _migrate(_: argparse.Namespace) -> int:
