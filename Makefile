@@ -20,8 +20,8 @@ run: $(STAMP)
 	$(BIN)/verified-urls serve --host 127.0.0.1 --port 8000
 
 lint: $(STAMP)
-	$(BIN)/ruff check service tests migrations bench
-	$(BIN)/ruff format --check service tests migrations bench
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 	$(BIN)/hadolint --failure-threshold warning Dockerfile
 
