@@ -53,7 +53,8 @@ def make_s3_client(
         region_name=region,
         connect_timeout=connect_timeout_seconds,
         read_timeout=read_timeout_seconds,
-        retries={"max_attempts": 1, "mode": "standard"},
+        # total_max_attempts counts the first try; plain max_attempts would allow a retry
+        retries={"total_max_attempts": 1, "mode": "standard"},
         max_pool_connections=max_pool_connections,
         s3={"addressing_style": "path"},
         signature_version="s3v4",
