@@ -1,4 +1,4 @@
-"""`verified-urls`: serve, migrate, openapi."""
+"""`verified-urls`: serve, migrate, chaos-proxy, soak, openapi."""
 
 from __future__ import annotations
 
@@ -87,6 +87,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     migrate = commands.add_parser("migrate", help="apply the ledger's migrations")
     migrate.set_defaults(func=_migrate)
+
+    from service import chaos, soak
+
+    chaos.add_command(commands)
+    soak.add_command(commands)
 
     openapi = commands.add_parser("openapi", help="print the OpenAPI document (YAML)")
     openapi.add_argument("--json", action="store_true")
