@@ -13,9 +13,11 @@ from typing import Any
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 from sqlalchemy import text
+from sqlalchemy.orm import Session, sessionmaker
 
 from service.api import problems
 from service.api.routes import router
+from service.ledger import repository
 from service.ledger.database import make_engine, make_sessionmaker
 from service.objects import ObjectsContext
 from service.settings import Settings
@@ -49,6 +51,14 @@ def _start_embedded_store(settings: Settings, stack: AsyncExitStack) -> None:
         process.endpoint_url,
         settings.EMBEDDED_S3_DATA_DIR,
     )
+
+
+def _sweep_spool(sessions: sessionmaker[Session], spool: Spool) -> None:
+    with sessions() as session:
+        referenced = repository.pending_spool_paths(session)
+    removed = spool.sweep(referenced)
+    if removed:
+        log.info("removed %d spool files that no pending object refers to", removed)
 
 
 def build_store(settings: Settings) -> S3Store:
@@ -92,6 +102,7 @@ def create_app(
                 settings.MULTIPART_THRESHOLD_BYTES,
             )
             spool.prepare()
+            await asyncio.to_thread(_sweep_spool, sessions, spool)
             executor = ThreadPoolExecutor(
                 max_workers=settings.WORKER_CONCURRENCY + 4, thread_name_prefix="verifier"
             )
@@ -155,6 +166,7 @@ def create_app(
         "only once the store really serves them. Errors are RFC 9457 problem details "
         "with a stable `code`.",
         lifespan=lifespan,
+        redirect_slashes=False,
     )
     problems.install(app)
     app.include_router(router)

@@ -22,6 +22,10 @@ def name_problem(name: str) -> str | None:
         return "the name is not valid UTF-8"
     if len(encoded) > MAX_NAME_BYTES:
         return f"the name is longer than {MAX_NAME_BYTES} bytes in UTF-8"
+    if "\ufffd" in name:
+        # what invalid UTF-8 in the percent-encoded query decodes to: two
+        # different names sent by a client would collide as one
+        return "the name is not valid UTF-8 (or contains U+FFFD)"
     if any(unicodedata.category(char) == "Cc" for char in name):
         return "the name contains control characters"
     if name.startswith("/"):

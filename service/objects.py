@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import base64
 import binascii
+import re
 import time
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Protocol
 
@@ -39,6 +40,35 @@ class ObjectsContext:
     settlements: Settlements
     wake_verifier: Callable[[], None]
     bucket: str
+    spool_reservations: SpoolReservations = field(default_factory=lambda: SpoolReservations())
+
+
+class SpoolReservations:
+    """Bytes of uploads still streaming in this process. Together with the
+    ledger's pending bytes they keep concurrent uploads under SPOOL_MAX_BYTES."""
+
+    def __init__(self) -> None:
+        self.in_flight = 0
+
+    def open(self, room: int) -> Reservation:
+        return Reservation(self, room)
+
+
+class Reservation:
+    def __init__(self, reservations: SpoolReservations, room: int) -> None:
+        self._reservations = reservations
+        self._room = room  # the spool's limit less what the ledger already holds
+        self.taken = 0
+
+    def take(self, size: int) -> None:
+        if self._reservations.in_flight + size > self._room:
+            raise errors.overloaded("the spool is full; try again later")
+        self._reservations.in_flight += size
+        self.taken += size
+
+    def release(self) -> None:
+        self._reservations.in_flight -= self.taken
+        self.taken = 0
 
 
 class UploadBody(Protocol):
@@ -59,24 +89,56 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
-def _expected_digests(digests: ClientDigests) -> tuple[str | None, str | None]:
-    """(md5 hex, sha256 hex) that the client says the body has."""
-    md5_hex = sha256_hex = None
+DIGEST_MEMBER = re.compile(r"^\s*([A-Za-z0-9-]+)\s*=\s*:([A-Za-z0-9+/=]*):\s*(;.*)?$")
+MAX_CONTENT_TYPE_LENGTH = 255
+
+
+def _b64_hex(value: str, length: int, header: str) -> str:
     try:
-        if digests.content_md5:
-            md5_hex = base64.b64decode(digests.content_md5.strip(), validate=True).hex()
-        if digests.content_digest:
-            for item in digests.content_digest.split(","):
-                algorithm, _, value = item.strip().partition("=")
-                if algorithm.strip().lower() == "sha-256":
-                    sha256_hex = base64.b64decode(value.strip().strip(":"), validate=True).hex()
+        raw = base64.b64decode(value, validate=True)
     except (binascii.Error, ValueError) as exc:
-        raise errors.invalid_request("Content-MD5 or Content-Digest is not valid base64") from exc
-    if md5_hex is not None and len(md5_hex) != 32:
-        raise errors.invalid_request("Content-MD5 must be the base64 of 16 bytes")
-    if sha256_hex is not None and len(sha256_hex) != 64:
-        raise errors.invalid_request("Content-Digest sha-256 must be the base64 of 32 bytes")
-    return md5_hex, sha256_hex
+        raise errors.invalid_request(f"{header} is not valid base64") from exc
+    if len(raw) != length:
+        raise errors.invalid_request(f"{header} must be the base64 of {length} bytes")
+    return raw.hex()
+
+
+def _expected_digests(digests: ClientDigests) -> tuple[str | None, list[str]]:
+    """(md5 hex, [sha256 hex...]) that the client says the body has.
+
+    Content-Digest (RFC 9530) may name several algorithms; unknown ones are
+    ignored, as the RFC allows, but every sha-256 member must match.
+    """
+    md5_hex = None
+    if digests.content_md5 is not None:
+        md5_hex = _b64_hex(digests.content_md5.strip(), 16, "Content-MD5")
+    sha256_hexes: list[str] = []
+    if digests.content_digest is not None:
+        for member in digests.content_digest.split(","):
+            match = DIGEST_MEMBER.match(member)
+            if match is None:
+                raise errors.invalid_request(
+                    "Content-Digest must be a list of algorithm=:base64: members"
+                )
+            if match.group(1).lower() == "sha-256":
+                sha256_hexes.append(_b64_hex(match.group(2), 32, "Content-Digest sha-256"))
+    return md5_hex, sha256_hexes
+
+
+def content_type_problem(content_type: str) -> str | None:
+    """Content types go back out as a response header of the store: printable
+    ASCII only, or a customer's HTTP client may refuse the verified URL."""
+    if len(content_type) > MAX_CONTENT_TYPE_LENGTH:
+        return f"the content type is longer than {MAX_CONTENT_TYPE_LENGTH} characters"
+    if any(not (" " <= char <= "~") for char in content_type):
+        return "the content type has characters other than printable ASCII"
+    return None
+
+
+def _check_content_type(content_type: str) -> None:
+    problem = content_type_problem(content_type)
+    if problem is not None:
+        raise errors.invalid_request(problem)
 
 
 async def accept_upload(
@@ -95,7 +157,8 @@ async def accept_upload(
     problem = name_problem(name)
     if problem is not None:
         raise errors.invalid_name(problem)
-    expected_md5, expected_sha256 = _expected_digests(digests)
+    expected_md5, expected_sha256s = _expected_digests(digests)
+    _check_content_type(body.content_type)
     settings = ctx.settings
     if content_length is not None and content_length > settings.MAX_OBJECT_BYTES:
         raise errors.too_large(settings.MAX_OBJECT_BYTES)
@@ -106,36 +169,46 @@ async def accept_upload(
                 raise errors.name_taken(name)
             return repository.pending_bytes(session)
 
-    spool_room = settings.SPOOL_MAX_BYTES - await run_in_threadpool(precheck)
-    if content_length is not None and content_length > spool_room:
-        raise errors.overloaded("the spool is full; try again later")
-
-    spooled = await _spool_body(ctx, body, min(settings.MAX_OBJECT_BYTES, spool_room))
+    room = settings.SPOOL_MAX_BYTES - await run_in_threadpool(precheck)
+    reservation = ctx.spool_reservations.open(room)
     try:
-        if expected_md5 is not None and expected_md5 != spooled.md5:
-            raise errors.digest_mismatch("Content-MD5")
-        if expected_sha256 is not None and expected_sha256 != spooled.sha256:
-            raise errors.digest_mismatch("Content-Digest")
-        row = _new_row(ctx, tenant, store_key(key_prefix, name), name, body.content_type, spooled)
-        await run_in_threadpool(_insert, ctx.sessions, row)
-    except BaseException:
-        Spool.release(spooled.path)
-        raise
+        if content_length is not None:
+            reservation.take(content_length)
+        spooled = await _spool_body(ctx, body, reservation, counted=content_length is not None)
+        try:
+            if expected_md5 is not None and expected_md5 != spooled.md5:
+                raise errors.digest_mismatch("Content-MD5")
+            if any(expected != spooled.sha256 for expected in expected_sha256s):
+                raise errors.digest_mismatch("Content-Digest")
+            _check_content_type(body.content_type)  # a form part's type is known only now
+            row = _new_row(
+                ctx, tenant, store_key(key_prefix, name), name, body.content_type, spooled
+            )
+            await run_in_threadpool(_insert, ctx.sessions, row)
+        except BaseException:
+            Spool.release(spooled.path)
+            raise
+    finally:
+        # committed rows count as pending bytes from now on
+        reservation.release()
     ctx.wake_verifier()
     return row
 
 
-async def _spool_body(ctx: ObjectsContext, body: UploadBody, max_bytes: int) -> SpooledObject:
-    writer: SpoolWriter = ctx.spool.writer(max_bytes)
+async def _spool_body(
+    ctx: ObjectsContext, body: UploadBody, reservation: Reservation, counted: bool
+) -> SpooledObject:
+    """`counted`: the whole body was reserved up front from its Content-Length."""
+    writer: SpoolWriter = ctx.spool.writer(ctx.settings.MAX_OBJECT_BYTES)
     try:
         async for chunk in body.chunks():
             writer.write(chunk)
+            if not counted or writer.size > reservation.taken:
+                reservation.take(len(chunk))
         return writer.finish()
     except TooLarge as exc:
         writer.discard()
-        if writer.size > ctx.settings.MAX_OBJECT_BYTES:
-            raise errors.too_large(ctx.settings.MAX_OBJECT_BYTES) from exc
-        raise errors.overloaded("the spool is full; try again later") from exc
+        raise errors.too_large(ctx.settings.MAX_OBJECT_BYTES) from exc
     except BaseException:
         writer.discard()
         raise
@@ -161,7 +234,7 @@ def _new_row(
         md5=spooled.md5,
         part_size=spooled.part_size,
         part_md5s=",".join(spooled.part_md5s) or None,
-        content_type=content_type[:255],
+        content_type=content_type,
         spool_path=str(spooled.path),
         state=PENDING,
         phase=STORING,

@@ -64,6 +64,8 @@ class Settings(BaseSettings):
             raise ValueError("CHECKS > 1 needs CHECK_WINDOW_SECONDS > 0")
         if self.MULTIPART_PART_BYTES > self.MULTIPART_THRESHOLD_BYTES:
             raise ValueError("MULTIPART_PART_BYTES must not exceed MULTIPART_THRESHOLD_BYTES")
+        if self.SPOOL_MAX_BYTES < self.MAX_OBJECT_BYTES:
+            raise ValueError("SPOOL_MAX_BYTES must be at least MAX_OBJECT_BYTES")
         if self.MAX_OBJECT_BYTES > 10_000 * self.MULTIPART_PART_BYTES:
             raise ValueError(
                 "MAX_OBJECT_BYTES needs more than 10,000 parts of MULTIPART_PART_BYTES"

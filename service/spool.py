@@ -14,7 +14,9 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
-STALE_PART_SECONDS = 3600
+STALE_PART_SECONDS = 3600  # an upload still streaming after an hour is gone
+# a finished spool file gets its row within milliseconds; older and unreferenced: a leftover
+UNREFERENCED_FILE_SECONDS = 600
 
 
 class TooLarge(Exception):
@@ -107,6 +109,21 @@ class Spool:
             with contextlib.suppress(FileNotFoundError):
                 if leftover.stat().st_mtime < cutoff:
                     leftover.unlink()
+
+    def sweep(self, referenced: set[str]) -> int:
+        """Removes spool files no pending row refers to: uploads whose row was never
+        committed, and copies of rows that settled just before a crash. Only old
+        ones: another process sharing the spool may be about to insert its row."""
+        cutoff = time.time() - UNREFERENCED_FILE_SECONDS
+        removed = 0
+        for path in self.directory.iterdir():
+            if path.suffix == ".part" or str(path) in referenced:
+                continue
+            with contextlib.suppress(FileNotFoundError):
+                if path.stat().st_mtime < cutoff:
+                    path.unlink()
+                    removed += 1
+        return removed
 
     def writer(self, max_bytes: int) -> SpoolWriter:
         return SpoolWriter(self.directory, max_bytes, self._part_bytes, self._threshold_bytes)

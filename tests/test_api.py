@@ -193,7 +193,7 @@ def test_too_large_is_413_and_keeps_nothing(make_settings: Callable[..., Setting
 
 
 def test_spool_full_is_503_with_retry_after(make_settings: Callable[..., Settings]) -> None:
-    settings = make_settings(SPOOL_MAX_BYTES=5)
+    settings = make_settings(SPOOL_MAX_BYTES=5, MAX_OBJECT_BYTES=5)
     with running(settings, run_worker=False) as client:
         assert upload(client, "a", b"12345").status_code == 202
         body = assert_problem(upload(client, "b", b"1"), 503, "overloaded")
@@ -286,3 +286,101 @@ def test_the_verifier_resumes_from_the_ledger_and_a_missing_spool_fails(
     assert lost["state"] == "failed" and lost["error"]["code"] == "spool_missing"
     assert lost["url"] is None
     assert ledger_state(settings)[1] == []
+
+
+def multipart_body(boundary: str, part_headers: str, data: bytes, close: bool = True) -> bytes:
+    head = f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="f"\r\n'
+    body = (head + part_headers + "\r\n").encode() + data
+    return body + (f"\r\n--{boundary}--\r\n".encode() if close else b"")
+
+
+def post_form(client: TestClient, name: str, boundary: str, body: bytes) -> httpx.Response:
+    return client.post(
+        "/v1/objects",
+        params={"name": name},
+        content=body,
+        headers={"Content-Type": f"multipart/form-data; boundary={boundary}"},
+    )
+
+
+@pytest.mark.parametrize(
+    "content_type",
+    ["text/plain\x00x", "text/plain\x01", "text/\x1b[31mred", "image/\xe9t\xe9", "a/" + "b" * 300],
+)
+def test_content_types_a_client_could_not_read_back_are_refused(
+    client: TestClient, make_settings: Callable[..., Settings], content_type: str
+) -> None:
+    body = multipart_body("B", f"Content-Type: {content_type}\r\n", b"DATA")
+    assert_problem(post_form(client, "ct", "B", body), 400, "invalid_request")
+    assert ledger_state(make_settings()) == (0, [])
+
+
+def test_a_long_raw_content_type_is_refused(client: TestClient) -> None:
+    response = upload(client, "ct", b"x", headers={"Content-Type": "a/" + "b" * 300})
+    assert_problem(response, 400, "invalid_request")
+
+
+def test_an_overlong_boundary_is_a_400(client: TestClient) -> None:
+    boundary = "b" * 257
+    body = multipart_body(boundary, "", b"x")
+    assert_problem(post_form(client, "b", boundary, body), 400, "invalid_request")
+
+
+def test_a_truncated_multipart_body_is_not_stored(
+    client: TestClient, make_settings: Callable[..., Settings]
+) -> None:
+    body = multipart_body("BND", "Content-Type: image/png\r\n", os.urandom(100_000), close=False)
+    response = post_form(client, "cut.png", "BND", body)
+    assert_problem(response, 400, "invalid_request")
+    assert "closing boundary" in response.json()["detail"]
+    assert ledger_state(make_settings()) == (0, [])
+
+
+def test_invalid_utf8_in_a_name_is_refused(client: TestClient) -> None:
+    response = client.post("/v1/objects?name=report%FF.txt", content=b"x")
+    assert_problem(response, 400, "invalid_name")
+
+
+@pytest.mark.parametrize(
+    ("header", "value", "code"),
+    [
+        ("Content-Digest", "garbage", "invalid_request"),
+        ("Content-MD5", "", "invalid_request"),
+        (
+            "Content-Digest",
+            "sha-256=:" + base64.b64encode(hashlib.sha256(b"other").digest()).decode() + ":, "
+            "sha-256=:" + base64.b64encode(hashlib.sha256(b"payload").digest()).decode() + ":",
+            "digest_mismatch",
+        ),
+    ],
+)
+def test_digest_headers_are_checked_whole(
+    client: TestClient, header: str, value: str, code: str
+) -> None:
+    assert_problem(upload(client, "d", b"payload", headers={header: value}), 400, code)
+
+
+def test_digest_parameters_and_unknown_algorithms_are_allowed(client: TestClient) -> None:
+    sha = base64.b64encode(hashlib.sha256(b"payload").digest()).decode()
+    value = f"sha-512=:{base64.b64encode(bytes(64)).decode()}:, sha-256=:{sha}:;note=1"
+    response = upload(client, "d", b"payload", headers={"Content-Digest": value}, wait=10)
+    assert response.status_code == 201, response.text
+
+
+def test_a_trailing_slash_is_a_404_problem_not_a_redirect(client: TestClient) -> None:
+    assert_problem(client.get("/v1/objects/"), 404, "not_found")
+
+
+def test_chunked_uploads_share_the_spool_limit(make_settings: Callable[..., Settings]) -> None:
+    settings = make_settings(SPOOL_MAX_BYTES=10, MAX_OBJECT_BYTES=10)
+    with running(settings, run_worker=False) as client:
+        assert upload(client, "a", b"x" * 6).status_code == 202
+
+        def chunked() -> Iterator[bytes]:
+            yield b"x" * 3
+            yield b"x" * 3
+
+        response = client.post("/v1/objects", params={"name": "b"}, content=chunked())
+        assert_problem(response, 503, "overloaded")
+    rows, spool = ledger_state(settings)
+    assert rows == 1 and len(spool) == 1

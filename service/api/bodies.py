@@ -35,7 +35,7 @@ class FormFileBody:
         header_field = bytearray()
         header_value = bytearray()
         headers: dict[bytes, bytes] = {}
-        state = {"in_file": False, "seen_file": False}
+        state = {"in_file": False, "seen_file": False, "file_ended": False, "ended": False}
 
         def on_part_begin() -> None:
             headers.clear()
@@ -65,21 +65,27 @@ class FormFileBody:
                 out.append(data[start:end])
 
         def on_part_end() -> None:
+            if state["in_file"]:
+                state["file_ended"] = True
             state["in_file"] = False
 
-        parser = MultipartParser(
-            self._boundary,
-            {
-                "on_part_begin": on_part_begin,
-                "on_header_field": on_header_field,
-                "on_header_value": on_header_value,
-                "on_header_end": on_header_end,
-                "on_headers_finished": on_headers_finished,
-                "on_part_data": on_part_data,
-                "on_part_end": on_part_end,
-            },
-        )
+        def on_end() -> None:
+            state["ended"] = True
+
         try:
+            parser = MultipartParser(
+                self._boundary,
+                {
+                    "on_part_begin": on_part_begin,
+                    "on_header_field": on_header_field,
+                    "on_header_value": on_header_value,
+                    "on_header_end": on_header_end,
+                    "on_headers_finished": on_headers_finished,
+                    "on_part_data": on_part_data,
+                    "on_part_end": on_part_end,
+                    "on_end": on_end,
+                },
+            )
             async for chunk in self._request.stream():
                 parser.write(chunk)
                 for piece in out:
@@ -94,6 +100,9 @@ class FormFileBody:
             yield piece
         if not state["seen_file"]:
             raise errors.invalid_request("the multipart body has no 'file' field")
+        if not (state["file_ended"] and state["ended"]):
+            # a body cut short would otherwise be stored as a complete object
+            raise errors.invalid_request("the multipart body ends before its closing boundary")
 
 
 def upload_body(request: Request) -> RawBody | FormFileBody:

@@ -71,6 +71,10 @@ def pending_bytes(session: Session) -> int:
     return int(total or 0)
 
 
+def pending_spool_paths(session: Session) -> set[str]:
+    return set(session.scalars(select(ObjectRow.spool_path).where(ObjectRow.state == PENDING)))
+
+
 def list_objects(
     session: Session,
     tenant: str,

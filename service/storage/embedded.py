@@ -1083,6 +1083,9 @@ class EmbeddedStoreProcess:
                     stdout=subprocess.PIPE,
                     stderr=subprocess.PIPE,
                     env=env,
+                    # Ctrl-C at a terminal signals the whole process group; the store
+                    # must outlive the service's graceful shutdown, and dies with it.
+                    start_new_session=True,
                 )
             except BaseException as error:
                 outcome.put(error)
