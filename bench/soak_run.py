@@ -87,7 +87,13 @@ def main() -> int:
         moto_url = f"http://127.0.0.1:{moto_port}"
         wait_for(moto_url + "/moto-api/", moto)
         bucket = "soak"
-        s3 = boto3.client("s3", endpoint_url=moto_url, region_name="us-east-1")
+        s3 = boto3.client(
+            "s3",
+            endpoint_url=moto_url,
+            region_name="us-east-1",
+            aws_access_key_id="testing",
+            aws_secret_access_key="testing",
+        )
         s3.create_bucket(Bucket=bucket)
         policy = {
             "Version": "2012-10-17",

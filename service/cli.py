@@ -1,4 +1,4 @@
-"""`verified-urls`: serve, migrate, chaos-proxy, soak, openapi."""
+"""`verified-urls`: serve, worker, migrate, reconcile, chaos-proxy, soak, openapi."""
 
 from __future__ import annotations
 
@@ -48,6 +48,18 @@ def _orderly_server_class() -> type:
     return OrderlyServer
 
 
+def _worker(_: argparse.Namespace) -> int:
+    import asyncio
+
+    from service.ledger.database import migrate
+    from service.settings import Settings
+    from service.worker_process import run_worker
+
+    settings = Settings()
+    migrate(settings.DATABASE_URL)
+    return asyncio.run(run_worker(settings))
+
+
 def _migrate(_: argparse.Namespace) -> int:
     from service.ledger.database import migrate
     from service.settings import Settings
@@ -85,11 +97,17 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--log-level", default="info")
     serve.set_defaults(func=_serve)
 
+    worker = commands.add_parser(
+        "worker", help="the verifier alone, no HTTP (several may share one PostgreSQL ledger)"
+    )
+    worker.set_defaults(func=_worker)
+
     migrate = commands.add_parser("migrate", help="apply the ledger's migrations")
     migrate.set_defaults(func=_migrate)
 
-    from service import chaos, soak
+    from service import chaos, reconcile, soak
 
+    reconcile.add_command(commands)
     chaos.add_command(commands)
     soak.add_command(commands)
 
@@ -103,7 +121,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
-    logging.getLogger("alembic").setLevel(logging.WARNING)
+    for noisy in ("alembic", "httpx", "botocore"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
     args = build_parser().parse_args(argv)
     result: int = args.func(args)
     return result

@@ -16,7 +16,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from starlette.concurrency import run_in_threadpool
 
 from service import errors
-from service.ledger import repository
+from service.ledger import notify, repository
 from service.ledger.models import PENDING, STORING, ObjectRow
 from service.naming import name_problem, store_key
 from service.settings import Settings
@@ -256,6 +256,7 @@ def _insert(sessions: sessionmaker[Session], row: ObjectRow) -> None:
     try:
         with sessions.begin() as session:
             repository.insert_object(session, row)
+            notify.new_work(session)  # wakes workers in other processes at commit
     except IntegrityError as exc:
         # two uploads of one name raced past the first look: the index decides
         raise errors.name_taken(row.name) from exc

@@ -75,6 +75,19 @@ def pending_spool_paths(session: Session) -> set[str]:
     return set(session.scalars(select(ObjectRow.spool_path).where(ObjectRow.state == PENDING)))
 
 
+def live_keys_among(session: Session, bucket: str, keys: Sequence[str]) -> set[str]:
+    """Which of `keys` a pending or verified row accounts for."""
+    return set(
+        session.scalars(
+            select(ObjectRow.key).where(
+                ObjectRow.bucket == bucket,
+                ObjectRow.key.in_(keys),
+                ObjectRow.state.in_(("pending", "verified")),
+            )
+        )
+    )
+
+
 def list_objects(
     session: Session,
     tenant: str,

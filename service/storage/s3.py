@@ -6,6 +6,7 @@ import base64
 import hashlib
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import datetime
 from typing import Any
 
 import boto3
@@ -237,3 +238,28 @@ class S3Store:
     def ping(self) -> None:
         with translated():
             self._client.head_bucket(Bucket=self.bucket)
+
+    # ------------------------------------------------ maintenance (reconcile)
+
+    def list_keys(self) -> Iterator[str]:
+        """Every key in the bucket, page by page."""
+        paginator = self._client.get_paginator("list_objects_v2")
+        with translated():
+            for page in paginator.paginate(Bucket=self.bucket):
+                for item in page.get("Contents", []):
+                    yield str(item["Key"])
+
+    def abort_stale_uploads(self, older_than: datetime) -> list[str]:
+        """Aborts multipart uploads started before `older_than` (left by a crash);
+        returns their keys."""
+        aborted = []
+        paginator = self._client.get_paginator("list_multipart_uploads")
+        with translated():
+            for page in paginator.paginate(Bucket=self.bucket):
+                for upload in page.get("Uploads", []):
+                    if upload["Initiated"] < older_than:
+                        self._client.abort_multipart_upload(
+                            Bucket=self.bucket, Key=upload["Key"], UploadId=upload["UploadId"]
+                        )
+                        aborted.append(str(upload["Key"]))
+        return aborted

@@ -22,7 +22,7 @@ from typing import TypeVar
 
 from sqlalchemy.orm import Session, sessionmaker
 
-from service.ledger import repository, transitions
+from service.ledger import notify, repository, transitions
 from service.ledger.models import PENDING, STORING, ObjectRow
 from service.spool import Spool
 from service.storage.base import (
@@ -178,6 +178,8 @@ class Verifier:
                     session.rollback()
                     return False
                 repository.add_events(session, row.id, row.rounds, calls, now, self.owner)
+                if row.state != PENDING:
+                    notify.settled(session, row.id)  # clients waiting elsewhere, at commit
                 return True
 
         return await self._in_thread(save)
