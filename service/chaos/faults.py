@@ -24,6 +24,8 @@ from enum import StrEnum
 from typing import Any
 from urllib.parse import parse_qsl, unquote
 
+from service.storage.subresources import CONFIGURATION_SUBRESOURCES
+
 ERROR_FAULTS = ("error_403", "error_500", "error_503", "error_429")
 # At most one of these per request; their rates are slices of one draw.
 EXCLUSIVE_FAULTS = (*ERROR_FAULTS, "lost_put", "corrupt", "slow_answer", "reset")
@@ -54,38 +56,7 @@ READS = frozenset({Action.HEAD, Action.GET})
 
 HTTP_METHODS = frozenset({"GET", "HEAD", "PUT", "POST", "DELETE"})
 # Query names that turn a bucket or object request into a configuration request.
-_SUBRESOURCES = frozenset(
-    {
-        "accelerate",
-        "acl",
-        "analytics",
-        "attributes",
-        "cors",
-        "encryption",
-        "intelligent-tiering",
-        "inventory",
-        "legal-hold",
-        "lifecycle",
-        "location",
-        "logging",
-        "metrics",
-        "notification",
-        "object-lock",
-        "ownershipControls",
-        "policy",
-        "policyStatus",
-        "publicAccessBlock",
-        "replication",
-        "requestPayment",
-        "restore",
-        "retention",
-        "select",
-        "tagging",
-        "torrent",
-        "versioning",
-        "website",
-    }
-)
+_SUBRESOURCES = CONFIGURATION_SUBRESOURCES
 
 
 class ConfigError(ValueError):

@@ -88,6 +88,8 @@ from urllib.parse import parse_qs, unquote
 from xml.etree import ElementTree
 from xml.sax.saxutils import escape
 
+from service.storage.subresources import CONFIGURATION_SUBRESOURCES
+
 if TYPE_CHECKING:
     from wsgiref.types import StartResponse, WSGIApplication, WSGIEnvironment
 
@@ -102,45 +104,15 @@ _TMP_PREFIX = ".tmp-"
 _SAFE_BUCKET_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789.-_")
 
 # S3 sub-resources: a query naming one of these is not a plain object read.
-_SUBRESOURCES = frozenset(
-    [
-        "accelerate",
-        "acl",
-        "analytics",
-        "attributes",
-        "cors",
-        "delete",
-        "encryption",
-        "intelligent-tiering",
-        "inventory",
-        "legal-hold",
-        "lifecycle",
-        "location",
-        "logging",
-        "metrics",
-        "notification",
-        "object-lock",
-        "ownershipControls",
-        "policy",
-        "policyStatus",
-        "publicAccessBlock",
-        "replication",
-        "requestPayment",
-        "restore",
-        "retention",
-        "select",
-        "select-type",
-        "session",
-        "tagging",
-        "torrent",
-        "uploadId",
-        "uploads",
-        "versionId",
-        "versioning",
-        "versions",
-        "website",
-    ]
-)
+_SUBRESOURCES = CONFIGURATION_SUBRESOURCES | {
+    "delete",
+    "select-type",
+    "session",
+    "uploadId",
+    "uploads",
+    "versionId",
+    "versions",
+}
 # Sub-resources of a PUT/DELETE on an object that leave its bytes alone.
 _OBJECT_SIDE_RESOURCES = frozenset(
     {"acl", "legal-hold", "partNumber", "retention", "tagging", "uploadId"}
