@@ -32,7 +32,7 @@ Control API (never forwarded):
 - `GET /_chaos/script` lists pending scripts, `DELETE /_chaos/script` clears them.
 
 `--log FILE` appends one JSON line per store request (control requests are not
-logged): `time`, `method`, `kind` (put, upload_part, create_multipart,
+logged): `time` (when the request arrived; `duration_seconds` runs to its answer), `method`, `kind` (put, upload_part, create_multipart,
 complete_multipart, head, get, delete, list, other), `bucket`, `key`,
 `part_number`, `fault` (null, a fault name, or `late_visibility` for a write
 that hid its key and for a read answered 404 because of it), `scripted`,

@@ -7,7 +7,7 @@ import uuid
 from collections.abc import Sequence
 from datetime import datetime, timedelta
 
-from sqlalchemy import and_, func, or_, select, update
+from sqlalchemy import ColumnElement, and_, func, literal, or_, select, update
 from sqlalchemy.orm import Session
 
 from service.ledger.models import PENDING, EventRow, ObjectRow
@@ -111,6 +111,12 @@ def list_objects(
     return session.scalars(query).all()
 
 
+def _is_pending() -> ColumnElement[bool]:
+    """`state = 'pending'` with the literal in the SQL: a bound parameter would keep
+    PostgreSQL's generic plans from using the partial index `ix_objects_due`."""
+    return ObjectRow.state == literal(PENDING, literal_execute=True)
+
+
 def claim_due(
     session: Session, owner: str, now: datetime, lease_seconds: float, limit: int
 ) -> list[ObjectRow]:
@@ -120,7 +126,7 @@ def claim_due(
         session.scalars(
             select(ObjectRow)
             .where(
-                ObjectRow.state == PENDING,
+                _is_pending(),
                 ObjectRow.next_action_at <= now,
                 or_(ObjectRow.lease_expires_at.is_(None), ObjectRow.lease_expires_at < now),
             )
@@ -139,9 +145,7 @@ def claim_due(
 
 
 def next_due_at(session: Session) -> datetime | None:
-    return session.scalar(
-        select(func.min(ObjectRow.next_action_at)).where(ObjectRow.state == PENDING)
-    )
+    return session.scalar(select(func.min(ObjectRow.next_action_at)).where(_is_pending()))
 
 
 def save_step(

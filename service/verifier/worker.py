@@ -86,6 +86,11 @@ class Verifier:
         """Called after an upload commits, so it is stored at once, not at the next poll."""
         self._wake.set()
 
+    def _slot_freed(self, task: asyncio.Task[None]) -> None:
+        """A finished row frees a slot: claim more at once, not at the next poll."""
+        self._tasks.discard(task)
+        self._wake.set()
+
     async def _in_thread(self, func: Callable[[], T]) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._executor, func)
 
@@ -94,11 +99,14 @@ class Verifier:
         try:
             while not stop.is_set():
                 free = self._config.concurrency - len(self._tasks)
+                # Cleared before claiming: a wake-up from here on (an upload, a slot
+                # freed) makes the sleep below return at once instead of being lost.
+                self._wake.clear()
                 claimed = await self._claim(free) if free > 0 else []
                 for row in claimed:
                     task = asyncio.create_task(self._work_on(row))
                     self._tasks.add(task)
-                    task.add_done_callback(self._tasks.discard)
+                    task.add_done_callback(self._slot_freed)
                 if len(claimed) == free and free > 0:
                     await asyncio.sleep(0)  # more may be due: claim again at once
                     continue
@@ -107,7 +115,7 @@ class Verifier:
             heartbeat.cancel()
             if self._tasks:
                 await asyncio.wait(self._tasks, timeout=self._config.shutdown_seconds)
-            await self._release_all()
+            self._abandon_unfinished()
 
     async def _claim(self, limit: int) -> list[ObjectRow]:
         def claim() -> list[ObjectRow]:
@@ -135,7 +143,6 @@ class Verifier:
                 due = None
             if due is not None:
                 timeout = min(timeout, max(0.0, (due - utcnow()).total_seconds()))
-        self._wake.clear()
         waiters = [asyncio.ensure_future(self._wake.wait()), asyncio.ensure_future(stop.wait())]
         await asyncio.wait(waiters, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
         for waiter in waiters:
@@ -263,17 +270,16 @@ class Verifier:
             except Exception:
                 log.exception("renewing leases failed")
 
-    async def _release_all(self) -> None:
-        """On shutdown: hand back what is held so another worker takes it at once."""
-        tokens = list(self._held.values())
-        if not tokens:
-            return
-
-        def release() -> None:
-            with self._sessions.begin() as session:
-                repository.renew_leases(session, tokens, utcnow() - timedelta(seconds=1))
-
-        try:
-            await self._in_thread(release)
-        except Exception:
-            log.exception("releasing leases failed; they expire by themselves")
+    def _abandon_unfinished(self) -> None:
+        """Steps still running after the grace period keep their leases: a store
+        request may still be in flight in its thread, and handing the row to another
+        worker now could store it twice at once. Without renewal the leases lapse
+        within LEASE_SECONDS, and another worker resolves the row by checking."""
+        for task in self._tasks:
+            task.cancel()
+        if self._held:
+            log.warning(
+                "stopping with %d objects mid-step; their leases lapse in %.0f s",
+                len(self._held),
+                self._config.lease_seconds,
+            )
