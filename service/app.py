@@ -14,12 +14,21 @@ from fastapi.openapi.utils import get_openapi
 
 from service.api import problems
 from service.api.routes import router
+from service.auth import Authenticator, parse_preset_keys
 from service.objects import ObjectsContext
 from service.runtime import build_runtime, run_verifier, stop_verifier
 from service.settings import Settings
 from service.storage.base import ObjectStore
 
 log = logging.getLogger(__name__)
+
+OPEN_WARNING = (
+    "\n" + "!" * 72 + "\n"
+    "!! NO API KEY IS CONFIGURED: the API is OPEN to anyone who can reach it,\n"
+    "!! as the default tenant. Fine on loopback for local use; anywhere else,\n"
+    "!! create a key (`verified-urls keys create --tenant NAME`) or set\n"
+    "!! VERIFIED_URLS_API_KEYS=tenant:key.\n" + "!" * 72
+)
 
 
 def create_app(
@@ -44,6 +53,11 @@ def create_app(
                 bucket=settings.BUCKET,
             )
             app.state.verifier = runtime.verifier
+            app.state.authenticator = Authenticator(
+                runtime.sessions, parse_preset_keys(settings.API_KEYS)
+            )
+            if await asyncio.to_thread(app.state.authenticator.is_open):
+                log.warning(OPEN_WARNING)
             stop = asyncio.Event()
             worker_task = await run_verifier(runtime, stop) if run_worker else None
 

@@ -1,4 +1,4 @@
-"""`verified-urls`: serve, worker, migrate, reconcile, chaos-proxy, soak, openapi."""
+"""`verified-urls`: serve, worker, keys, migrate, reconcile, chaos-proxy, soak, openapi."""
 
 from __future__ import annotations
 
@@ -12,6 +12,9 @@ from types import FrameType
 
 import yaml
 
+from service.auth import is_loopback
+from service.settings import Settings
+
 
 def _serve(args: argparse.Namespace) -> int:
     import uvicorn
@@ -22,6 +25,14 @@ def _serve(args: argparse.Namespace) -> int:
 
     settings = Settings()
     migrate(settings.DATABASE_URL)
+    if not is_loopback(args.host) and _runs_open(settings):
+        print(
+            f"refusing to serve on {args.host} with no API key configured: the API would be "
+            "open to anyone. Create one with `verified-urls keys create --tenant NAME` or "
+            "set VERIFIED_URLS_API_KEYS=tenant:key (open mode is for loopback only).",
+            file=sys.stderr,
+        )
+        return 2
     app = create_app(settings, run_worker=not args.no_worker)
     config = uvicorn.Config(
         app, host=args.host, port=args.port, log_level=args.log_level, access_log=False
@@ -29,6 +40,64 @@ def _serve(args: argparse.Namespace) -> int:
     server = _orderly_server_class()(config)
     server.run()
     return 0 if server.started else 1
+
+
+def _runs_open(settings: Settings) -> bool:
+    from service.auth import Authenticator, parse_preset_keys
+    from service.ledger.database import make_engine, make_sessionmaker
+
+    engine = make_engine(settings.DATABASE_URL)
+    try:
+        return Authenticator(
+            make_sessionmaker(engine), parse_preset_keys(settings.API_KEYS)
+        ).is_open()
+    finally:
+        engine.dispose()
+
+
+def _keys(args: argparse.Namespace) -> int:
+    from datetime import UTC, datetime
+
+    from service.auth import create_key
+    from service.ledger import api_keys
+    from service.ledger.database import make_engine, make_sessionmaker, migrate
+
+    settings = Settings()
+    migrate(settings.DATABASE_URL)
+    engine = make_engine(settings.DATABASE_URL)
+    sessions = make_sessionmaker(engine)
+    try:
+        if args.keys_command == "create":
+            try:
+                row, key = create_key(sessions, args.tenant)
+            except ValueError as exc:
+                print(f"keys create: {exc}", file=sys.stderr)
+                return 2
+            print(key)
+            print(
+                f"(id {row.id}, tenant {row.tenant}; shown once, only its hash is kept)",
+                file=sys.stderr,
+            )
+        elif args.keys_command == "list":
+            with sessions() as session:
+                for row in api_keys.all_keys(session):
+                    revoked = row.revoked_at.isoformat() if row.revoked_at else "active"
+                    print(
+                        f"{row.id}  {row.tenant:<20} {row.key_prefix}…  "
+                        f"{row.created_at.isoformat()}  {revoked}"
+                    )
+        else:
+            with sessions.begin() as session:
+                count = api_keys.revoke(session, args.key_id, datetime.now(UTC))
+            if count == 0:
+                print(
+                    f"keys revoke: no active key with id or prefix {args.key_id!r}", file=sys.stderr
+                )
+                return 1
+            print(f"revoked {count} key(s)")
+    finally:
+        engine.dispose()
+    return 0
 
 
 def _orderly_server_class() -> type:
@@ -96,6 +165,15 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--no-worker", action="store_true", help="the API alone, no verifier")
     serve.add_argument("--log-level", default="info")
     serve.set_defaults(func=_serve)
+
+    keys = commands.add_parser("keys", help="API keys: create, list, revoke")
+    key_commands = keys.add_subparsers(dest="keys_command", required=True)
+    create = key_commands.add_parser("create", help="print a new key for a tenant (once)")
+    create.add_argument("--tenant", required=True)
+    key_commands.add_parser("list", help="list keys (id, tenant, prefix, state)")
+    revoke = key_commands.add_parser("revoke", help="revoke a key by its id or prefix")
+    revoke.add_argument("key_id")
+    keys.set_defaults(func=_keys)
 
     worker = commands.add_parser(
         "worker", help="the verifier alone, no HTTP (several may share one PostgreSQL ledger)"

@@ -24,7 +24,6 @@ from service.spool import Spool, SpooledObject, SpoolWriter, TooLarge
 from service.verifier.notify import Settlements
 from service.verifier.policy import Policy
 
-DEFAULT_TENANT = "default"
 # how often a waiting client re-reads the ledger, for objects settled elsewhere
 WAIT_RECHECK_SECONDS = 1.0
 

@@ -55,6 +55,9 @@ class Settings(BaseSettings):
     STORE_READ_TIMEOUT_SECONDS: float = Field(30.0, gt=0)
     # slowest store throughput the deadline (`settle_by`) allows for, per PUT
     STORE_MIN_BYTES_PER_SECOND: int = Field(1 * MIB, gt=0)
+    # preset API keys, `tenant:key,tenant2:key2`; with none here or in the ledger
+    # the service runs open (loopback only) as the default tenant
+    API_KEYS: str | None = None
     AWS_ACCESS_KEY_ID: str | None = None
     AWS_SECRET_ACCESS_KEY: str | None = None
 
@@ -64,6 +67,9 @@ class Settings(BaseSettings):
             raise ValueError("CHECKS > 1 needs CHECK_WINDOW_SECONDS > 0")
         if self.MULTIPART_PART_BYTES > self.MULTIPART_THRESHOLD_BYTES:
             raise ValueError("MULTIPART_PART_BYTES must not exceed MULTIPART_THRESHOLD_BYTES")
+        from service.auth import parse_preset_keys
+
+        parse_preset_keys(self.API_KEYS)
         if self.SPOOL_MAX_BYTES < self.MAX_OBJECT_BYTES:
             raise ValueError("SPOOL_MAX_BYTES must be at least MAX_OBJECT_BYTES")
         if self.MAX_OBJECT_BYTES > 10_000 * self.MULTIPART_PART_BYTES:

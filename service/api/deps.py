@@ -4,9 +4,16 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import Depends, Request
+from fastapi import Depends, Request, Security
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from starlette.concurrency import run_in_threadpool
 
+from service.auth import Authenticator, Caller
 from service.objects import ObjectsContext
+
+# documents the scheme in OpenAPI; the header itself is read below, so that a
+# malformed one is a 401 rather than "no key"
+bearer = HTTPBearer(auto_error=False, description="an API key of your tenant")
 
 
 def get_context(request: Request) -> ObjectsContext:
@@ -14,4 +21,13 @@ def get_context(request: Request) -> ObjectsContext:
     return context
 
 
+async def get_caller(
+    request: Request,
+    _: Annotated[HTTPAuthorizationCredentials | None, Security(bearer)],
+) -> Caller:
+    authenticator: Authenticator = request.app.state.authenticator
+    return await run_in_threadpool(authenticator.authenticate, request.headers.get("authorization"))
+
+
 ContextDep = Annotated[ObjectsContext, Depends(get_context)]
+CallerDep = Annotated[Caller, Depends(get_caller)]

@@ -10,7 +10,7 @@ from starlette.concurrency import run_in_threadpool
 
 from service import objects
 from service.api.bodies import upload_body
-from service.api.deps import ContextDep
+from service.api.deps import CallerDep, ContextDep
 from service.api.schemas import ErrorInfo, Health, ObjectPage, ObjectRecord, Problem, Readiness
 from service.errors import ServiceError
 from service.ledger.models import PENDING, VERIFIED, ObjectRow
@@ -25,6 +25,11 @@ RETRY_AFTER = {
         "description": "seconds until asking again makes sense",
         "schema": {"type": "integer"},
     }
+}
+UNAUTHORIZED = {
+    **PROBLEM,
+    "description": "unauthorized: a missing, unknown or revoked API key",
+    "headers": {"WWW-Authenticate": {"schema": {"type": "string"}}},
 }
 LOCATION = {"Location": {"description": "where the record lives", "schema": {"type": "string"}}}
 
@@ -109,6 +114,7 @@ def _record_response(
             "headers": {**LOCATION, **RETRY_AFTER},
         },
         400: {**PROBLEM, "description": "invalid_name, digest_mismatch or invalid_request"},
+        401: UNAUTHORIZED,
         409: {**PROBLEM, "description": "name_taken"},
         413: {**PROBLEM, "description": "too_large"},
         422: {**PROBLEM, "description": "invalid_request"},
@@ -119,6 +125,7 @@ def _record_response(
 async def upload_object(
     request: Request,
     ctx: ContextDep,
+    caller: CallerDep,
     name: Annotated[str, Query(description="the object's name; see the name policy")],
     wait: WaitQuery = 0,
     content_length: Annotated[int | None, Header(include_in_schema=False)] = None,
@@ -129,15 +136,15 @@ async def upload_object(
 ) -> JSONResponse:
     row = await objects.accept_upload(
         ctx,
-        objects.DEFAULT_TENANT,
-        "",
+        caller.tenant,
+        caller.key_prefix,
         name,
         upload_body(request),
         content_length,
         objects.ClientDigests(content_md5, content_digest),
     )
     if wait > 0:
-        row = await objects.wait_settled(ctx, objects.DEFAULT_TENANT, row, wait)
+        row = await objects.wait_settled(ctx, caller.tenant, row, wait)
     status = 201 if row.state == VERIFIED else 202
     return _record_response(row, ctx.settings, status, Location=f"/v1/objects/{row.id}")
 
@@ -151,14 +158,17 @@ async def upload_object(
     response_model=ObjectRecord,
     responses={
         200: {"description": "The record", "headers": RETRY_AFTER},
-        404: {**PROBLEM, "description": "not_found"},
+        401: UNAUTHORIZED,
+        404: {**PROBLEM, "description": "not_found (also another tenant's object)"},
         422: {**PROBLEM, "description": "invalid_request"},
     },
 )
-async def get_object(ctx: ContextDep, object_id: str, wait: WaitQuery = 0) -> JSONResponse:
-    row = await objects.get_object(ctx, objects.DEFAULT_TENANT, object_id)
+async def get_object(
+    ctx: ContextDep, caller: CallerDep, object_id: str, wait: WaitQuery = 0
+) -> JSONResponse:
+    row = await objects.get_object(ctx, caller.tenant, object_id)
     if wait > 0:
-        row = await objects.wait_settled(ctx, objects.DEFAULT_TENANT, row, wait)
+        row = await objects.wait_settled(ctx, caller.tenant, row, wait)
     return _record_response(row, ctx.settings, 200)
 
 
@@ -169,18 +179,18 @@ async def get_object(ctx: ContextDep, object_id: str, wait: WaitQuery = 0) -> JS
     response_model=ObjectPage,
     responses={
         400: {**PROBLEM, "description": "invalid_request (a bad cursor)"},
+        401: UNAUTHORIZED,
         422: {**PROBLEM, "description": "invalid_request"},
     },
 )
 async def list_objects(
     ctx: ContextDep,
+    caller: CallerDep,
     state: Literal["pending", "verified", "failed"] | None = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 50,
     cursor: str | None = None,
 ) -> ObjectPage:
-    rows, next_cursor = await objects.list_objects(
-        ctx, objects.DEFAULT_TENANT, state, limit, cursor
-    )
+    rows, next_cursor = await objects.list_objects(ctx, caller.tenant, state, limit, cursor)
     return ObjectPage(items=[to_record(row, ctx.settings) for row in rows], next_cursor=next_cursor)
 
 
