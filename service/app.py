@@ -10,6 +10,7 @@ from contextlib import AsyncExitStack, asynccontextmanager
 from typing import Any
 
 from fastapi import FastAPI
+from fastapi.middleware.cors import CORSMiddleware
 from fastapi.openapi.utils import get_openapi
 
 from service.api import problems
@@ -85,6 +86,23 @@ def create_app(
     )
     problems.install(app)
     app.include_router(router)
+    if settings.cors_allowed_origins:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_allowed_origins,
+            allow_methods=["GET", "POST", "DELETE"],
+            allow_headers=[
+                "Authorization",
+                "Content-Type",
+                "Content-MD5",
+                "Content-Digest",
+                "Idempotency-Key",
+                "If-None-Match",
+            ],
+            # what scripts in the browser must read to follow the protocol
+            expose_headers=["Location", "Retry-After", "ETag"],
+            max_age=600,
+        )
     app.openapi = lambda: _openapi_with_problems(app)  # type: ignore[method-assign]
     return app
 

@@ -58,6 +58,8 @@ class Settings(BaseSettings):
     # preset API keys, `tenant:key,tenant2:key2`; with none here or in the ledger
     # the service runs open (loopback only) as the default tenant
     API_KEYS: str | None = None
+    # browser origins allowed to call the API, comma-separated (`*` for any)
+    CORS_ALLOWED_ORIGINS: str = ""
     AWS_ACCESS_KEY_ID: str | None = None
     AWS_SECRET_ACCESS_KEY: str | None = None
 
@@ -77,6 +79,10 @@ class Settings(BaseSettings):
                 "MAX_OBJECT_BYTES needs more than 10,000 parts of MULTIPART_PART_BYTES"
             )
         return self
+
+    @property
+    def cors_allowed_origins(self) -> list[str]:
+        return [origin.strip() for origin in self.CORS_ALLOWED_ORIGINS.split(",") if origin.strip()]
 
     @property
     def embedded_store(self) -> bool:

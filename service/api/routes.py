@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Header, Query, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
 
 from service import objects
@@ -31,6 +33,7 @@ UNAUTHORIZED = {
     "description": "unauthorized: a missing, unknown or revoked API key",
     "headers": {"WWW-Authenticate": {"schema": {"type": "string"}}},
 }
+ETAG = {"ETag": {"description": "changes whenever the record does", "schema": {"type": "string"}}}
 LOCATION = {"Location": {"description": "where the record lives", "schema": {"type": "string"}}}
 
 WaitQuery = Annotated[
@@ -90,12 +93,27 @@ def to_record(row: ObjectRow, settings: Settings) -> ObjectRecord:
 
 
 def _record_response(
-    row: ObjectRow, settings: Settings, status: int, **headers: str
-) -> JSONResponse:
+    row: ObjectRow,
+    settings: Settings,
+    status: int,
+    if_none_match: str | None = None,
+    **headers: str,
+) -> Response:
+    """The record, with an ETag that changes whenever the record does; 304 when
+    the client already has this version."""
     if row.state == PENDING:
         headers["Retry-After"] = str(objects.retry_after_seconds(row))
     body = to_record(row, settings).model_dump(mode="json")
+    encoded = json.dumps(body, separators=(",", ":"), sort_keys=True).encode()
+    headers["ETag"] = f'"{hashlib.sha256(encoded).hexdigest()[:32]}"'
+    if if_none_match is not None and _etag_matches(if_none_match, headers["ETag"]):
+        return Response(status_code=304, headers=headers)
     return JSONResponse(body, status_code=status, headers=headers)
+
+
+def _etag_matches(if_none_match: str, etag: str) -> bool:
+    candidates = {item.strip().removeprefix("W/") for item in if_none_match.split(",")}
+    return "*" in candidates or etag in candidates
 
 
 @router.post(
@@ -107,11 +125,15 @@ def _record_response(
     status_code=202,
     response_model=ObjectRecord,
     responses={
-        201: {"model": ObjectRecord, "description": "Verified within `wait`", "headers": LOCATION},
+        201: {
+            "model": ObjectRecord,
+            "description": "Verified within `wait`",
+            "headers": {**LOCATION, **ETAG},
+        },
         202: {
             "model": ObjectRecord,
             "description": "Accepted, pending (or failed)",
-            "headers": {**LOCATION, **RETRY_AFTER},
+            "headers": {**LOCATION, **RETRY_AFTER, **ETAG},
         },
         400: {**PROBLEM, "description": "invalid_name, digest_mismatch or invalid_request"},
         401: UNAUTHORIZED,
@@ -133,7 +155,7 @@ async def upload_object(
     content_digest: Annotated[
         str | None, Header(description="RFC 9530, e.g. `sha-256=:base64:`")
     ] = None,
-) -> JSONResponse:
+) -> Response:
     row = await objects.accept_upload(
         ctx,
         caller.tenant,
@@ -157,19 +179,26 @@ async def upload_object(
     "when to ask again; `wait` long-polls until the object leaves `pending`.",
     response_model=ObjectRecord,
     responses={
-        200: {"description": "The record", "headers": RETRY_AFTER},
+        200: {"description": "The record", "headers": {**RETRY_AFTER, **ETAG}},
+        304: {"description": "Unchanged since the ETag in If-None-Match", "headers": ETAG},
         401: UNAUTHORIZED,
         404: {**PROBLEM, "description": "not_found (also another tenant's object)"},
         422: {**PROBLEM, "description": "invalid_request"},
     },
 )
 async def get_object(
-    ctx: ContextDep, caller: CallerDep, object_id: str, wait: WaitQuery = 0
-) -> JSONResponse:
+    ctx: ContextDep,
+    caller: CallerDep,
+    object_id: str,
+    wait: WaitQuery = 0,
+    if_none_match: Annotated[
+        str | None, Header(description="an ETag from an earlier read: 304 if unchanged")
+    ] = None,
+) -> Response:
     row = await objects.get_object(ctx, caller.tenant, object_id)
     if wait > 0:
         row = await objects.wait_settled(ctx, caller.tenant, row, wait)
-    return _record_response(row, ctx.settings, 200)
+    return _record_response(row, ctx.settings, 200, if_none_match)
 
 
 @router.get(
