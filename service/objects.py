@@ -16,8 +16,8 @@ from sqlalchemy.orm import Session, sessionmaker
 from starlette.concurrency import run_in_threadpool
 
 from service import errors
-from service.ledger import notify, repository
-from service.ledger.models import PENDING, STORING, ObjectRow
+from service.ledger import notify, repository, transitions
+from service.ledger.models import DELETED, PENDING, STORING, ObjectRow
 from service.naming import name_problem, store_key
 from service.settings import Settings
 from service.spool import Spool, SpooledObject, SpoolWriter, TooLarge
@@ -269,6 +269,31 @@ async def get_object(ctx: ObjectsContext, tenant: str, object_id: str) -> Object
     row = await run_in_threadpool(read)
     if row is None:
         raise errors.not_found()
+    return row
+
+
+async def delete_object(ctx: ObjectsContext, tenant: str, object_id: str) -> ObjectRow:
+    """Marks the object deleted at once (no URL ever again) and has the verifier
+    purge its bytes from the store; deleting twice is the same as once."""
+
+    def mark() -> ObjectRow | None:
+        with ctx.sessions.begin() as session:
+            row = repository.lock_object(session, tenant, object_id)
+            if row is None or row.state == DELETED:
+                return row
+            transitions.deleted(row, utcnow(), ctx.settings.LEASE_SECONDS)
+            # a worker still on a step of it can no longer record anything
+            row.lease_token = repository.new_object_id()
+            row.lease_owner = None
+            notify.new_work(session)
+            return row
+
+    row = await run_in_threadpool(mark)
+    if row is None:
+        raise errors.not_found()
+    Spool.release(row.spool_path)
+    ctx.settlements.notify(row.id)
+    ctx.wake_verifier()
     return row
 
 

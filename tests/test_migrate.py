@@ -50,5 +50,5 @@ def test_concurrent_migrations_all_succeed(empty_database_url: str) -> None:
             tables = set(inspect(connection).get_table_names())
     finally:
         engine.dispose()
-    assert versions == [("0002",)]
+    assert versions == [("0003",)]
     assert {"objects", "events"} <= tables

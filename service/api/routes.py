@@ -201,6 +201,25 @@ async def get_object(
     return _record_response(row, ctx.settings, 200, if_none_match)
 
 
+@router.delete(
+    "/v1/objects/{object_id}",
+    operation_id="delete_object",
+    summary="Delete an object",
+    description="The record's state becomes `deleted` at once and its URL is never "
+    "handed out again; a pending object stops being worked on; the bytes are deleted "
+    "from the store (with retries, and a check that they are gone), after which the "
+    "name is free again. Deleting twice answers the same.",
+    response_model=ObjectRecord,
+    responses={
+        401: UNAUTHORIZED,
+        404: {**PROBLEM, "description": "not_found (also another tenant's object)"},
+    },
+)
+async def delete_object(ctx: ContextDep, caller: CallerDep, object_id: str) -> Response:
+    row = await objects.delete_object(ctx, caller.tenant, object_id)
+    return _record_response(row, ctx.settings, 200)
+
+
 @router.get(
     "/v1/objects",
     operation_id="list_objects",
@@ -215,7 +234,7 @@ async def get_object(
 async def list_objects(
     ctx: ContextDep,
     caller: CallerDep,
-    state: Literal["pending", "verified", "failed"] | None = None,
+    state: Literal["pending", "verified", "failed", "deleted"] | None = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 50,
     cursor: str | None = None,
 ) -> ObjectPage:

@@ -52,7 +52,7 @@ class ObjectRecord(BaseModel):
     size: int
     sha256: str
     content_type: str
-    state: Literal["pending", "verified", "failed"]
+    state: Literal["pending", "verified", "failed", "deleted"]
     url: str | None = Field(description="present only when state is verified")
     url_expires_at: datetime | None = Field(
         description="when a presigned URL stops working; null for public URLs"

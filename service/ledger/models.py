@@ -31,11 +31,15 @@ NAMING_CONVENTION = {
     "pk": "pk_%(table_name)s",
 }
 
-PENDING, VERIFIED, FAILED = "pending", "verified", "failed"
-STATES = (PENDING, VERIFIED, FAILED)
-# phases of a pending object
-STORING, VERIFYING, DONE = "storing", "verifying", "done"
-PHASES = (STORING, VERIFYING, DONE)
+PENDING, VERIFIED, FAILED, DELETED = "pending", "verified", "failed", "deleted"
+STATES = (PENDING, VERIFIED, FAILED, DELETED)
+# What remains to do: a pending object is storing or verifying; a deleted one
+# is purging until the store no longer has it; then nothing is (done).
+STORING, VERIFYING, PURGING, DONE = "storing", "verifying", "purging", "done"
+PHASES = (STORING, VERIFYING, PURGING, DONE)
+
+
+LIVE_NAME_PREDICATE = "state IN ('pending', 'verified') OR phase = 'purging'"
 
 
 class UTCDateTime(TypeDecorator[datetime]):
@@ -113,23 +117,25 @@ class ObjectRow(Base):
     settle_by: Mapped[datetime] = mapped_column(UTCDateTime)
 
     __table_args__ = (
-        CheckConstraint("state IN ('pending', 'verified', 'failed')", name="state"),
-        CheckConstraint("phase IN ('storing', 'verifying', 'done')", name="phase"),
-        # A name is held by at most one live object per tenant.
+        CheckConstraint("state IN ('pending', 'verified', 'failed', 'deleted')", name="state"),
+        CheckConstraint("phase IN ('storing', 'verifying', 'purging', 'done')", name="phase"),
+        # A name is held by at most one live object per tenant; a deleted one
+        # keeps it until its bytes are gone from the store, so that a new upload
+        # of the name can never be deleted by the old one's purge.
         Index(
             "uq_objects_live_name",
             "tenant",
             "name",
             unique=True,
-            sqlite_where=text("state IN ('pending', 'verified')"),
-            postgresql_where=text("state IN ('pending', 'verified')"),
+            sqlite_where=text(LIVE_NAME_PREDICATE),
+            postgresql_where=text(LIVE_NAME_PREDICATE),
         ),
-        # The verifier's claim: due pending rows only.
+        # The verifier's claim: rows with work left only.
         Index(
             "ix_objects_due",
             "next_action_at",
-            sqlite_where=text("state = 'pending'"),
-            postgresql_where=text("state = 'pending'"),
+            sqlite_where=text("phase <> 'done'"),
+            postgresql_where=text("phase <> 'done'"),
         ),
         Index("ix_objects_listing", "tenant", "created_at", "id"),
         Index("ix_objects_state_listing", "tenant", "state", "created_at", "id"),

@@ -10,7 +10,7 @@ from datetime import datetime, timedelta
 from sqlalchemy import ColumnElement, and_, func, literal, or_, select, update
 from sqlalchemy.orm import Session
 
-from service.ledger.models import PENDING, EventRow, ObjectRow
+from service.ledger.models import DONE, PENDING, PURGING, VERIFIED, EventRow, ObjectRow
 from service.storage.base import StoreCall
 
 # columns the verifier may change; everything else is fixed at upload
@@ -37,6 +37,15 @@ WORK_COLUMNS = (
 )
 
 
+def lock_object(session: Session, tenant: str, object_id: str) -> ObjectRow | None:
+    """The row, locked until the transaction ends (PostgreSQL; SQLite locks the file)."""
+    return session.scalars(
+        select(ObjectRow)
+        .where(ObjectRow.id == object_id, ObjectRow.tenant == tenant)
+        .with_for_update()
+    ).one_or_none()
+
+
 def new_object_id() -> str:
     return uuid.uuid4().hex
 
@@ -57,7 +66,7 @@ def live_name_exists(session: Session, tenant: str, name: str) -> bool:
         select(ObjectRow.id).where(
             ObjectRow.tenant == tenant,
             ObjectRow.name == name,
-            ObjectRow.state.in_(("pending", "verified")),
+            or_(ObjectRow.state.in_((PENDING, VERIFIED)), ObjectRow.phase == PURGING),
         )
     )
     return found is not None
@@ -111,10 +120,10 @@ def list_objects(
     return session.scalars(query).all()
 
 
-def _is_pending() -> ColumnElement[bool]:
-    """`state = 'pending'` with the literal in the SQL: a bound parameter would keep
+def _has_work() -> ColumnElement[bool]:
+    """`phase <> 'done'` with the literal in the SQL: a bound parameter would keep
     PostgreSQL's generic plans from using the partial index `ix_objects_due`."""
-    return ObjectRow.state == literal(PENDING, literal_execute=True)
+    return ObjectRow.phase != literal(DONE, literal_execute=True)
 
 
 def claim_due(
@@ -126,7 +135,7 @@ def claim_due(
         session.scalars(
             select(ObjectRow)
             .where(
-                _is_pending(),
+                _has_work(),
                 ObjectRow.next_action_at <= now,
                 or_(ObjectRow.lease_expires_at.is_(None), ObjectRow.lease_expires_at < now),
             )
@@ -145,7 +154,7 @@ def claim_due(
 
 
 def next_due_at(session: Session) -> datetime | None:
-    return session.scalar(select(func.min(ObjectRow.next_action_at)).where(_is_pending()))
+    return session.scalar(select(func.min(ObjectRow.next_action_at)).where(_has_work()))
 
 
 def save_step(

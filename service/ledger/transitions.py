@@ -14,7 +14,16 @@ from __future__ import annotations
 import random
 from datetime import datetime, timedelta
 
-from service.ledger.models import DONE, FAILED, STORING, VERIFIED, VERIFYING, ObjectRow
+from service.ledger.models import (
+    DELETED,
+    DONE,
+    FAILED,
+    PURGING,
+    STORING,
+    VERIFIED,
+    VERIFYING,
+    ObjectRow,
+)
 from service.storage.base import ObjectInfo, StoreError, multipart_etag
 from service.verifier.policy import Policy
 
@@ -194,3 +203,40 @@ def deadline_passed(row: ObjectRow, now: datetime) -> None:
     """Past `settle_by`: the promise is that the object has left pending by now."""
     reason = NEVER_VISIBLE if row.last_error_code == "NotFound" else STORE_UNAVAILABLE
     fail(row, reason, now, "settle_by passed")
+
+
+def deleted(row: ObjectRow, now: datetime, in_flight_grace_seconds: float) -> None:
+    """The client deleted it: no URL ever again; its bytes are purged from the store.
+
+    A step another worker may still have in flight (its lease is live) gets time
+    to end first; its own write then fails on the changed lease token.
+    """
+    leased = row.lease_expires_at is not None and row.lease_expires_at > now
+    row.state = DELETED
+    row.phase = PURGING
+    row.round_store_attempts = 0
+    row.check_errors = 0
+    row.next_action_at = now + timedelta(seconds=in_flight_grace_seconds if leased else 0)
+    row.updated_at = now
+
+
+def purge_done(row: ObjectRow, now: datetime) -> None:
+    row.phase = DONE
+    row.updated_at = now
+
+
+def purge_failed(
+    row: ObjectRow, error: StoreError, policy: Policy, now: datetime, rng: random.Random
+) -> None:
+    """Retried like a PUT, for as many tries as all rounds together. Then it stops;
+    the name is free again, and `reconcile` reports the bytes left behind."""
+    _note_error(row, error)
+    row.round_store_attempts += 1
+    row.updated_at = now
+    if row.round_store_attempts >= (policy.store_retries + 1) * policy.rounds:
+        row.phase = DONE
+        row.error_code = None
+        row.error_message = f"purging from the store gave up (last error {error.code})"
+        return
+    wait = policy.retry_wait(min(row.round_store_attempts, policy.store_retries), rng)
+    row.next_action_at = now + timedelta(seconds=wait)

@@ -23,7 +23,7 @@ from typing import TypeVar
 from sqlalchemy.orm import Session, sessionmaker
 
 from service.ledger import notify, repository, transitions
-from service.ledger.models import PENDING, STORING, ObjectRow
+from service.ledger.models import DONE, FAILED, PURGING, STORING, VERIFIED, ObjectRow
 from service.spool import Spool
 from service.storage.base import (
     NotFound,
@@ -157,13 +157,13 @@ class Verifier:
         try:
             while True:
                 calls = await self.step(row)
-                keep = row.state == PENDING and row.next_action_at <= utcnow()
+                keep = row.phase != DONE and row.next_action_at <= utcnow()
                 saved = await self._save(row, token, keep, calls)
                 if not saved:
                     log.warning("lost the lease on %s; another worker has it", row.id)
                     return
                 if not keep:
-                    if row.state != PENDING:
+                    if row.state in (VERIFIED, FAILED):
                         self._settled(row)
                     return
         except Exception:
@@ -185,17 +185,19 @@ class Verifier:
                     session.rollback()
                     return False
                 repository.add_events(session, row.id, row.rounds, calls, now, self.owner)
-                if row.state != PENDING:
+                if row.state in (VERIFIED, FAILED):
                     notify.settled(session, row.id)  # clients waiting elsewhere, at commit
                 return True
 
         return await self._in_thread(save)
 
     async def step(self, row: ObjectRow) -> list[StoreCall]:
-        """One action on the row: deadline check, PUT, or check. Applies its outcome."""
+        """One action on the row: deadline check, PUT, check, or purge. Applies its outcome."""
         calls = StoreCalls()
         now = utcnow()
-        if now >= row.settle_by:
+        if row.phase == PURGING:
+            await self._purge_step(row, calls)
+        elif now >= row.settle_by:
             transitions.deadline_passed(row, now)
         elif row.phase == STORING:
             await self._store_step(row, calls)
@@ -229,6 +231,23 @@ class Verifier:
             transitions.put_failed(row, exc, permanent, self._policy, utcnow(), self._rng)
         else:
             transitions.put_succeeded(row, result.etag, result.version_id, utcnow())
+
+    async def _purge_step(self, row: ObjectRow, calls: StoreCalls) -> None:
+        """Deletes the bytes of a deleted object, then checks that they are gone."""
+
+        def purge() -> None:
+            self._store.delete(row.key, calls)
+            self._store.head(row.key, calls)
+
+        try:
+            await self._in_thread(purge)
+        except NotFound:
+            transitions.purge_done(row, utcnow())
+        except StoreError as exc:
+            transitions.purge_failed(row, exc, self._policy, utcnow(), self._rng)
+        else:
+            still = StoreError("StillVisible", "the store still shows it after the DELETE")
+            transitions.purge_failed(row, still, self._policy, utcnow(), self._rng)
 
     async def _check_step(self, row: ObjectRow, calls: StoreCalls) -> None:
         try:
