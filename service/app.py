@@ -100,7 +100,7 @@ def create_app(
                 "If-None-Match",
             ],
             # what scripts in the browser must read to follow the protocol
-            expose_headers=["Location", "Retry-After", "ETag"],
+            expose_headers=["Location", "Retry-After", "ETag", "Idempotent-Replayed"],
             max_age=600,
         )
     app.openapi = lambda: _openapi_with_problems(app)  # type: ignore[method-assign]

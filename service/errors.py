@@ -50,6 +50,14 @@ def name_taken(name: str) -> ServiceError:
     )
 
 
+def idempotency_key_reused() -> ServiceError:
+    return ServiceError(
+        422,
+        "idempotency_key_reused",
+        "this Idempotency-Key was used for another upload (another name, body or content type)",
+    )
+
+
 def too_large(limit: int) -> ServiceError:
     return ServiceError(413, "too_large", f"the object is larger than the limit of {limit} bytes")
 

@@ -140,6 +140,18 @@ def _check_content_type(content_type: str) -> None:
         raise errors.invalid_request(problem)
 
 
+IDEMPOTENCY_KEY = re.compile(r"^[!-~](?:[ -~]{0,253}[!-~])?$")  # printable ASCII, 1-255
+
+
+@dataclass(frozen=True)
+class Accepted:
+    """The object an upload stands for; `replayed` when an earlier upload with
+    the same Idempotency-Key created it."""
+
+    row: ObjectRow
+    replayed: bool = False
+
+
 async def accept_upload(
     ctx: ObjectsContext,
     tenant: str,
@@ -148,28 +160,39 @@ async def accept_upload(
     body: UploadBody,
     content_length: int | None,
     digests: ClientDigests,
-) -> ObjectRow:
+    idempotency_key: str | None = None,
+) -> Accepted:
     """Spools the body, records the object `pending`, and wakes the verifier.
 
-    Every refusal leaves nothing behind: no row, no spool file.
+    Every refusal leaves nothing behind: no row, no spool file. With an
+    `idempotency_key` that an earlier upload of the same name, bytes and content
+    type used, nothing new is made: the answer is that upload's object.
     """
     problem = name_problem(name)
     if problem is not None:
         raise errors.invalid_name(problem)
+    if idempotency_key is not None and IDEMPOTENCY_KEY.match(idempotency_key) is None:
+        raise errors.invalid_request("Idempotency-Key must be 1-255 printable ASCII characters")
     expected_md5, expected_sha256s = _expected_digests(digests)
     _check_content_type(body.content_type)
     settings = ctx.settings
     if content_length is not None and content_length > settings.MAX_OBJECT_BYTES:
         raise errors.too_large(settings.MAX_OBJECT_BYTES)
 
-    def precheck() -> int:
+    def precheck() -> tuple[bool, int]:
         with ctx.sessions() as session:
-            if repository.live_name_exists(session, tenant, name):
+            earlier = (
+                repository.object_by_idempotency_key(session, tenant, idempotency_key)
+                if idempotency_key is not None
+                else None
+            )
+            # a retry's name is held by its own earlier upload: that is no conflict
+            if earlier is None and repository.live_name_exists(session, tenant, name):
                 raise errors.name_taken(name)
-            return repository.pending_bytes(session)
+            return earlier is not None, repository.pending_bytes(session)
 
-    room = settings.SPOOL_MAX_BYTES - await run_in_threadpool(precheck)
-    reservation = ctx.spool_reservations.open(room)
+    is_retry, held = await run_in_threadpool(precheck)
+    reservation = ctx.spool_reservations.open(settings.SPOOL_MAX_BYTES - held)
     try:
         if content_length is not None:
             reservation.take(content_length)
@@ -183,7 +206,15 @@ async def accept_upload(
             row = _new_row(
                 ctx, tenant, store_key(key_prefix, name), name, body.content_type, spooled
             )
-            await run_in_threadpool(_insert, ctx.sessions, row)
+            row.idempotency_key = idempotency_key
+            holder = (
+                await run_in_threadpool(_earlier_upload, ctx.sessions, row) if is_retry else None
+            )
+            if holder is None:
+                holder = await run_in_threadpool(_insert, ctx.sessions, row)
+            if holder is not row:
+                Spool.release(spooled.path)
+                return Accepted(_same_upload(holder, row), replayed=True)
         except BaseException:
             Spool.release(spooled.path)
             raise
@@ -191,7 +222,19 @@ async def accept_upload(
         # committed rows count as pending bytes from now on
         reservation.release()
     ctx.wake_verifier()
-    return row
+    return Accepted(row)
+
+
+def _same_upload(earlier: ObjectRow, retry: ObjectRow) -> ObjectRow:
+    """The earlier upload, if `retry` asks for the same object; else 422."""
+    same = (earlier.name, earlier.sha256, earlier.content_type) == (
+        retry.name,
+        retry.sha256,
+        retry.content_type,
+    )
+    if not same:
+        raise errors.idempotency_key_reused()
+    return earlier
 
 
 async def _spool_body(
@@ -251,14 +294,28 @@ def _new_row(
     )
 
 
-def _insert(sessions: sessionmaker[Session], row: ObjectRow) -> None:
+def _insert(sessions: sessionmaker[Session], row: ObjectRow) -> ObjectRow:
+    """Commits `row`, or returns the earlier upload that holds its Idempotency-Key."""
     try:
         with sessions.begin() as session:
             repository.insert_object(session, row)
             notify.new_work(session)  # wakes workers in other processes at commit
     except IntegrityError as exc:
-        # two uploads of one name raced past the first look: the index decides
-        raise errors.name_taken(row.name) from exc
+        # two uploads raced past the first look: the unique indexes decide which
+        # one won, and the loser is either a retry of the winner or a name clash
+        earlier = None if row.idempotency_key is None else _earlier_upload(sessions, row)
+        if earlier is None:
+            raise errors.name_taken(row.name) from exc
+        return earlier
+    return row
+
+
+def _earlier_upload(sessions: sessionmaker[Session], row: ObjectRow) -> ObjectRow | None:
+    """The object that an earlier upload with `row`'s Idempotency-Key made.
+    Keys are kept as long as their record is, which is for good."""
+    assert row.idempotency_key is not None
+    with sessions() as session:
+        return repository.object_by_idempotency_key(session, row.tenant, row.idempotency_key)
 
 
 async def get_object(ctx: ObjectsContext, tenant: str, object_id: str) -> ObjectRow:

@@ -34,6 +34,12 @@ UNAUTHORIZED = {
     "headers": {"WWW-Authenticate": {"schema": {"type": "string"}}},
 }
 ETAG = {"ETag": {"description": "changes whenever the record does", "schema": {"type": "string"}}}
+REPLAYED = {
+    "Idempotent-Replayed": {
+        "description": "`true` when an earlier upload with this Idempotency-Key made the object",
+        "schema": {"type": "string", "enum": ["true"]},
+    }
+}
 LOCATION = {"Location": {"description": "where the record lives", "schema": {"type": "string"}}}
 
 WaitQuery = Annotated[
@@ -128,18 +134,22 @@ def _etag_matches(if_none_match: str, etag: str) -> bool:
         201: {
             "model": ObjectRecord,
             "description": "Verified within `wait`",
-            "headers": {**LOCATION, **ETAG},
+            "headers": {**LOCATION, **ETAG, **REPLAYED},
         },
         202: {
             "model": ObjectRecord,
             "description": "Accepted, pending (or failed)",
-            "headers": {**LOCATION, **RETRY_AFTER, **ETAG},
+            "headers": {**LOCATION, **RETRY_AFTER, **ETAG, **REPLAYED},
         },
         400: {**PROBLEM, "description": "invalid_name, digest_mismatch or invalid_request"},
         401: UNAUTHORIZED,
         409: {**PROBLEM, "description": "name_taken"},
         413: {**PROBLEM, "description": "too_large"},
-        422: {**PROBLEM, "description": "invalid_request"},
+        422: {
+            **PROBLEM,
+            "description": "idempotency_key_reused (the key came with another upload), "
+            "or invalid_request",
+        },
         503: {**PROBLEM, "description": "overloaded", "headers": RETRY_AFTER},
     },
     openapi_extra=UPLOAD_BODY,
@@ -155,8 +165,15 @@ async def upload_object(
     content_digest: Annotated[
         str | None, Header(description="RFC 9530, e.g. `sha-256=:base64:`")
     ] = None,
+    idempotency_key: Annotated[
+        str | None,
+        Header(
+            description="any unique string (a UUID): a retry with the same key, name and "
+            "body answers with the object the first upload made, and makes nothing new",
+        ),
+    ] = None,
 ) -> Response:
-    row = await objects.accept_upload(
+    accepted = await objects.accept_upload(
         ctx,
         caller.tenant,
         caller.key_prefix,
@@ -164,11 +181,16 @@ async def upload_object(
         upload_body(request),
         content_length,
         objects.ClientDigests(content_md5, content_digest),
+        idempotency_key,
     )
+    row = accepted.row
     if wait > 0:
         row = await objects.wait_settled(ctx, caller.tenant, row, wait)
     status = 201 if row.state == VERIFIED else 202
-    return _record_response(row, ctx.settings, status, Location=f"/v1/objects/{row.id}")
+    headers = {"Location": f"/v1/objects/{row.id}"}
+    if accepted.replayed:
+        headers["Idempotent-Replayed"] = "true"
+    return _record_response(row, ctx.settings, status, **headers)
 
 
 @router.get(

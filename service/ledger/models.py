@@ -88,6 +88,8 @@ class ObjectRow(Base):
     part_md5s: Mapped[str | None] = mapped_column(Text)  # comma-separated hex
     content_type: Mapped[str] = mapped_column(String(255))
     spool_path: Mapped[str] = mapped_column(Text)
+    # the client's Idempotency-Key: a retried upload answers with this object
+    idempotency_key: Mapped[str | None] = mapped_column(String(255))
 
     state: Mapped[str] = mapped_column(String(16))
     phase: Mapped[str] = mapped_column(String(16))
@@ -129,6 +131,14 @@ class ObjectRow(Base):
             unique=True,
             sqlite_where=text(LIVE_NAME_PREDICATE),
             postgresql_where=text(LIVE_NAME_PREDICATE),
+        ),
+        Index(
+            "uq_objects_idempotency_key",
+            "tenant",
+            "idempotency_key",
+            unique=True,
+            sqlite_where=text("idempotency_key IS NOT NULL"),
+            postgresql_where=text("idempotency_key IS NOT NULL"),
         ),
         # The verifier's claim: rows with work left only.
         Index(

@@ -61,6 +61,12 @@ def get_object(session: Session, tenant: str, object_id: str) -> ObjectRow | Non
     ).one_or_none()
 
 
+def object_by_idempotency_key(session: Session, tenant: str, key: str) -> ObjectRow | None:
+    return session.scalars(
+        select(ObjectRow).where(ObjectRow.tenant == tenant, ObjectRow.idempotency_key == key)
+    ).one_or_none()
+
+
 def live_name_exists(session: Session, tenant: str, name: str) -> bool:
     found = session.scalar(
         select(ObjectRow.id).where(
