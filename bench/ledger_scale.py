@@ -573,6 +573,8 @@ def main() -> int:
                         "VERIFIED_URLS_BUCKET": BUCKET,
                         "VERIFIED_URLS_SPOOL_DIR": str(work / f"spool-{ledger.rows}"),
                         "VERIFIED_URLS_PROFILE": "strong",
+                        # it measures the ledger, not the per-tenant read limit
+                        "VERIFIED_URLS_TENANT_READS_PER_SECOND": "0",
                         "VERIFIED_URLS_AWS_ACCESS_KEY_ID": "testing",
                         "VERIFIED_URLS_AWS_SECRET_ACCESS_KEY": "testing",
                     },

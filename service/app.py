@@ -17,6 +17,7 @@ from service.api import problems
 from service.api.routes import router
 from service.auth import Authenticator, parse_preset_keys
 from service.objects import ObjectsContext
+from service.ratelimit import TenantReadLimiter
 from service.runtime import build_runtime, run_verifier, stop_verifier
 from service.settings import Settings
 from service.storage.base import ObjectStore
@@ -56,6 +57,9 @@ def create_app(
             app.state.verifier = runtime.verifier
             app.state.authenticator = Authenticator(
                 runtime.sessions, parse_preset_keys(settings.API_KEYS)
+            )
+            app.state.read_limiter = TenantReadLimiter(
+                settings.TENANT_READS_PER_SECOND, settings.TENANT_READ_BURST
             )
             if await asyncio.to_thread(app.state.authenticator.is_open):
                 log.warning(OPEN_WARNING)

@@ -58,6 +58,9 @@ class Settings(BaseSettings):
     # preset API keys, `tenant:key,tenant2:key2`; with none here or in the ledger
     # the service runs open (loopback only) as the default tenant
     API_KEYS: str | None = None
+    # status reads per tenant and API process (0: no limit), and the burst allowed
+    TENANT_READS_PER_SECOND: float = Field(50.0, ge=0)
+    TENANT_READ_BURST: int = Field(100, ge=1)
     # browser origins allowed to call the API, comma-separated (`*` for any)
     CORS_ALLOWED_ORIGINS: str = ""
     AWS_ACCESS_KEY_ID: str | None = None

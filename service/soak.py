@@ -183,6 +183,8 @@ class Soak:
             time.sleep(0.5)
             return None
         if response.status_code != 200:
+            # 429 (the tenant's read limit) and 503 say when to ask again
+            time.sleep(float(response.headers.get("retry-after", "0.5")))
             return None
         record: dict[str, Any] = response.json()
         return record
@@ -269,6 +271,9 @@ class Soak:
             if outcome.object_id is None:
                 continue
             response = self.api.get(f"/v1/objects/{outcome.object_id}")
+            while response.status_code == 429:  # the tenant's read limit
+                time.sleep(float(response.headers["retry-after"]))
+                response = self.api.get(f"/v1/objects/{outcome.object_id}")
             missing += response.status_code == 404
         return missing
 

@@ -252,6 +252,9 @@ def wait_settled(client: httpx.Client, object_id: str, timeout_seconds: float) -
     while True:
         wait = max(0.0, min(10.0, deadline - time.monotonic()))
         response = client.get(f"/v1/objects/{object_id}", params={"wait": wait})
+        if response.status_code == 429:  # the tenant's read limit: as a client should
+            time.sleep(float(response.headers["retry-after"]))
+            continue
         assert response.status_code == 200, response.text
         record: dict[str, Any] = response.json()
         if record["state"] != "pending" or time.monotonic() >= deadline:

@@ -10,6 +10,7 @@ from starlette.concurrency import run_in_threadpool
 
 from service.auth import Authenticator, Caller
 from service.objects import ObjectsContext
+from service.ratelimit import TenantReadLimiter
 
 # documents the scheme in OpenAPI; the header itself is read below, so that a
 # malformed one is a 401 rather than "no key"
@@ -29,5 +30,13 @@ async def get_caller(
     return await run_in_threadpool(authenticator.authenticate, request.headers.get("authorization"))
 
 
+async def get_reader(request: Request, caller: Annotated[Caller, Depends(get_caller)]) -> Caller:
+    """The caller of a status read, charged against its tenant's read limit."""
+    limiter: TenantReadLimiter = request.app.state.read_limiter
+    limiter.take(caller.tenant)
+    return caller
+
+
 ContextDep = Annotated[ObjectsContext, Depends(get_context)]
 CallerDep = Annotated[Caller, Depends(get_caller)]
+ReaderDep = Annotated[Caller, Depends(get_reader)]

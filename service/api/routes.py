@@ -12,7 +12,7 @@ from starlette.concurrency import run_in_threadpool
 
 from service import objects
 from service.api.bodies import upload_body
-from service.api.deps import CallerDep, ContextDep
+from service.api.deps import CallerDep, ContextDep, ReaderDep
 from service.api.schemas import ErrorInfo, Health, ObjectPage, ObjectRecord, Problem, Readiness
 from service.errors import ServiceError
 from service.ledger.models import PENDING, VERIFIED, ObjectRow
@@ -32,6 +32,11 @@ UNAUTHORIZED = {
     **PROBLEM,
     "description": "unauthorized: a missing, unknown or revoked API key",
     "headers": {"WWW-Authenticate": {"schema": {"type": "string"}}},
+}
+RATE_LIMITED = {
+    **PROBLEM,
+    "description": "rate_limited: too many status reads for the tenant; use `wait`",
+    "headers": RETRY_AFTER,
 }
 ETAG = {"ETag": {"description": "changes whenever the record does", "schema": {"type": "string"}}}
 REPLAYED = {
@@ -206,11 +211,12 @@ async def upload_object(
         401: UNAUTHORIZED,
         404: {**PROBLEM, "description": "not_found (also another tenant's object)"},
         422: {**PROBLEM, "description": "invalid_request"},
+        429: RATE_LIMITED,
     },
 )
 async def get_object(
     ctx: ContextDep,
-    caller: CallerDep,
+    caller: ReaderDep,
     object_id: str,
     wait: WaitQuery = 0,
     if_none_match: Annotated[
@@ -251,11 +257,12 @@ async def delete_object(ctx: ContextDep, caller: CallerDep, object_id: str) -> R
         400: {**PROBLEM, "description": "invalid_request (a bad cursor)"},
         401: UNAUTHORIZED,
         422: {**PROBLEM, "description": "invalid_request"},
+        429: RATE_LIMITED,
     },
 )
 async def list_objects(
     ctx: ContextDep,
-    caller: CallerDep,
+    caller: ReaderDep,
     state: Literal["pending", "verified", "failed", "deleted"] | None = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 50,
     cursor: str | None = None,
