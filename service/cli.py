@@ -1,4 +1,4 @@
-"""`verified-urls`: serve, worker, keys, migrate, reconcile, chaos-proxy, soak, openapi."""
+"""`verified-urls`: serve, worker, keys, webhooks, migrate, reconcile, chaos-proxy, soak, openapi."""
 
 from __future__ import annotations
 
@@ -184,8 +184,10 @@ def build_parser() -> argparse.ArgumentParser:
     migrate.set_defaults(func=_migrate)
 
     from service import chaos, reconcile, soak
+    from service.webhooks import command as webhooks
 
     reconcile.add_command(commands)
+    webhooks.add_command(commands)
     chaos.add_command(commands)
     soak.add_command(commands)
 

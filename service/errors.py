@@ -54,7 +54,8 @@ def idempotency_key_reused() -> ServiceError:
     return ServiceError(
         422,
         "idempotency_key_reused",
-        "this Idempotency-Key was used for another upload (another name, body or content type)",
+        "this Idempotency-Key was used for another upload "
+        "(another name, body, content type or callback URL)",
     )
 
 
@@ -72,3 +73,7 @@ def overloaded(detail: str, retry_after_seconds: int = 30) -> ServiceError:
 
 def not_found(detail: str = "no such object") -> ServiceError:
     return ServiceError(404, "not_found", detail)
+
+
+def invalid_callback_url(detail: str) -> ServiceError:
+    return ServiceError(400, "invalid_callback_url", detail)

@@ -23,6 +23,7 @@ from service.settings import Settings
 from service.spool import Spool, SpooledObject, SpoolWriter, TooLarge
 from service.verifier.notify import Settlements
 from service.verifier.policy import Policy
+from service.webhooks.targets import CallbackRefused, check_callback_url
 
 # how often a waiting client re-reads the ledger, for objects settled elsewhere
 WAIT_RECHECK_SECONDS = 1.0
@@ -40,6 +41,7 @@ class ObjectsContext:
     wake_verifier: Callable[[], None]
     bucket: str
     spool_reservations: SpoolReservations = field(default_factory=lambda: SpoolReservations())
+    wake_dispatcher: Callable[[], None] = lambda: None
 
 
 class SpoolReservations:
@@ -161,6 +163,7 @@ async def accept_upload(
     content_length: int | None,
     digests: ClientDigests,
     idempotency_key: str | None = None,
+    callback_url: str | None = None,
 ) -> Accepted:
     """Spools the body, records the object `pending`, and wakes the verifier.
 
@@ -176,6 +179,8 @@ async def accept_upload(
     expected_md5, expected_sha256s = _expected_digests(digests)
     _check_content_type(body.content_type)
     settings = ctx.settings
+    if callback_url is not None:
+        await _check_callback(callback_url, settings.WEBHOOK_ALLOW_PRIVATE_NETWORKS)
     if content_length is not None and content_length > settings.MAX_OBJECT_BYTES:
         raise errors.too_large(settings.MAX_OBJECT_BYTES)
 
@@ -207,6 +212,7 @@ async def accept_upload(
                 ctx, tenant, store_key(key_prefix, name), name, body.content_type, spooled
             )
             row.idempotency_key = idempotency_key
+            row.callback_url = callback_url
             holder = (
                 await run_in_threadpool(_earlier_upload, ctx.sessions, row) if is_retry else None
             )
@@ -225,12 +231,20 @@ async def accept_upload(
     return Accepted(row)
 
 
+async def _check_callback(url: str, allow_private: bool) -> None:
+    try:
+        await run_in_threadpool(check_callback_url, url, allow_private)
+    except CallbackRefused as exc:
+        raise errors.invalid_callback_url(str(exc)) from exc
+
+
 def _same_upload(earlier: ObjectRow, retry: ObjectRow) -> ObjectRow:
     """The earlier upload, if `retry` asks for the same object; else 422."""
-    same = (earlier.name, earlier.sha256, earlier.content_type) == (
+    same = (earlier.name, earlier.sha256, earlier.content_type, earlier.callback_url) == (
         retry.name,
         retry.sha256,
         retry.content_type,
+        retry.callback_url,
     )
     if not same:
         raise errors.idempotency_key_reused()

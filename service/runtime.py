@@ -24,7 +24,9 @@ from service.storage.base import ObjectStore
 from service.storage.s3 import S3Store, make_s3_client
 from service.verifier.notify import Settlements
 from service.verifier.policy import Policy
-from service.verifier.worker import Verifier, VerifierConfig
+from service.verifier.worker import Verifier, VerifierConfig, make_owner_name
+from service.webhooks.dispatcher import Dispatcher
+from service.webhooks.outbox import Outbox
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +44,8 @@ class Runtime:
     policy: Policy
     settlements: Settlements
     verifier: Verifier
+    dispatcher: Dispatcher
+    outbox: Outbox
 
     def check_ready(self) -> None:
         """Raises unless the ledger and the store answer."""
@@ -120,6 +124,15 @@ async def build_runtime(
     stack.callback(executor.shutdown, wait=False, cancel_futures=True)
     settlements = Settlements()
     policy = Policy.from_settings(settings)
+    owner = make_owner_name()
+    outbox = Outbox(settings)
+    dispatcher = Dispatcher(
+        sessions,
+        settings,
+        executor,
+        owner,
+        poll_seconds=settings.WORKER_POLL_SECONDS,
+    )
     verifier = Verifier(
         sessions,
         object_store,
@@ -131,9 +144,21 @@ async def build_runtime(
         ),
         settlements,
         executor,
+        owner=owner,
+        outbox=outbox,
+        on_settled=dispatcher.wake,
     )
     runtime = Runtime(
-        settings, object_store, engine, sessions, spool, policy, settlements, verifier
+        settings,
+        object_store,
+        engine,
+        sessions,
+        spool,
+        policy,
+        settlements,
+        verifier,
+        dispatcher,
+        outbox,
     )
     _listen_for_wake_ups(runtime, stack)
     return runtime
@@ -147,16 +172,26 @@ def _listen_for_wake_ups(runtime: Runtime, stack: AsyncExitStack) -> None:
         runtime.settings.DATABASE_URL,
         on_work=lambda: loop.call_soon_threadsafe(runtime.verifier.wake),
         on_settled=lambda object_id: loop.call_soon_threadsafe(
-            runtime.settlements.notify, object_id
+            _settled_elsewhere, runtime, object_id
         ),
     )
     listener.start()
     stack.callback(listener.stop)
 
 
+def _settled_elsewhere(runtime: Runtime, object_id: str) -> None:
+    runtime.settlements.notify(object_id)
+    runtime.dispatcher.wake()  # its event may be ours to send
+
+
+async def _verify_and_dispatch(runtime: Runtime, stop: asyncio.Event) -> None:
+    await asyncio.gather(runtime.verifier.run(stop), runtime.dispatcher.run(stop))
+
+
 async def run_verifier(runtime: Runtime, stop: asyncio.Event) -> asyncio.Task[None]:
+    """The verifier and the webhook dispatcher, as one task."""
     policy = runtime.policy
-    task = asyncio.create_task(runtime.verifier.run(stop), name="verifier")
+    task = asyncio.create_task(_verify_and_dispatch(runtime, stop), name="verifier")
     log.info(
         "verifier %s running: profile %s, %d checks over %.0f s, %d rounds",
         runtime.verifier.owner,

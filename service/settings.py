@@ -63,6 +63,17 @@ class Settings(BaseSettings):
     TENANT_READ_BURST: int = Field(100, ge=1)
     # browser origins allowed to call the API, comma-separated (`*` for any)
     CORS_ALLOWED_ORIGINS: str = ""
+    # webhooks: callback URLs on private, loopback or link-local addresses are
+    # refused unless allowed (for tests and closed networks)
+    WEBHOOK_ALLOW_PRIVATE_NETWORKS: bool = False
+    # per POST; at most half of LEASE_SECONDS, so a delivery's lease outlasts its POST
+    WEBHOOK_TIMEOUT_SECONDS: float = Field(10.0, gt=0)
+    WEBHOOK_RETRY_BASE_SECONDS: float = Field(5.0, ge=0)
+    WEBHOOK_RETRY_MAX_SECONDS: float = Field(3600.0, ge=0)
+    WEBHOOK_RETRY_FOR_SECONDS: float = Field(86400.0, ge=0)  # then a delivery fails
+    WEBHOOK_CONCURRENCY: int = Field(8, ge=1, le=256)
+    # how long the previous secret keeps signing after a rotation
+    WEBHOOK_SECRET_OVERLAP_SECONDS: float = Field(86400.0, ge=0)
     AWS_ACCESS_KEY_ID: str | None = None
     AWS_SECRET_ACCESS_KEY: str | None = None
 
@@ -86,6 +97,10 @@ class Settings(BaseSettings):
     @property
     def cors_allowed_origins(self) -> list[str]:
         return [origin.strip() for origin in self.CORS_ALLOWED_ORIGINS.split(",") if origin.strip()]
+
+    @property
+    def webhook_timeout_seconds(self) -> float:
+        return min(self.WEBHOOK_TIMEOUT_SECONDS, self.LEASE_SECONDS / 2)
 
     @property
     def embedded_store(self) -> bool:

@@ -6,20 +6,32 @@ import hashlib
 import json
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Header, Query, Request
+from fastapi import APIRouter, Header, Path, Query, Request
 from fastapi.responses import JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
 
 from service import objects
 from service.api.bodies import upload_body
 from service.api.deps import CallerDep, ContextDep, ReaderDep
-from service.api.schemas import ErrorInfo, Health, ObjectPage, ObjectRecord, Problem, Readiness
+from service.api.schemas import (
+    Delivery,
+    DeliveryAttempt,
+    DeliveryList,
+    Health,
+    ObjectPage,
+    ObjectRecord,
+    Problem,
+    Readiness,
+    WebhookEvent,
+)
 from service.errors import ServiceError
 from service.ledger.models import PENDING, VERIFIED, ObjectRow
-from service.naming import object_url
+from service.records import to_record
 from service.settings import Settings
+from service.webhooks import outbox
 
 router = APIRouter()
+callbacks = APIRouter()
 
 PROBLEM: dict[str, Any] = {"model": Problem}
 RETRY_AFTER = {
@@ -76,33 +88,6 @@ UPLOAD_BODY = {
 }
 
 
-def to_record(row: ObjectRow, settings: Settings) -> ObjectRecord:
-    verified = row.state == VERIFIED
-    error = (
-        ErrorInfo(code=row.error_code, message=row.error_message or "") if row.error_code else None
-    )
-    return ObjectRecord(
-        id=row.id,
-        name=row.name,
-        bucket=row.bucket,
-        key=row.key,
-        size=row.size,
-        sha256=row.sha256,
-        content_type=row.content_type,
-        state=row.state,
-        url=object_url(settings.public_base_url, row.key) if verified else None,
-        url_expires_at=None,
-        error=error,
-        store_attempts=row.store_attempts,
-        checks=row.checks,
-        rounds=row.rounds,
-        created_at=row.created_at,
-        updated_at=row.updated_at,
-        verified_at=row.verified_at,
-        settle_by=row.settle_by,
-    )
-
-
 def _record_response(
     row: ObjectRow,
     settings: Settings,
@@ -146,7 +131,10 @@ def _etag_matches(if_none_match: str, etag: str) -> bool:
             "description": "Accepted, pending (or failed)",
             "headers": {**LOCATION, **RETRY_AFTER, **ETAG, **REPLAYED},
         },
-        400: {**PROBLEM, "description": "invalid_name, digest_mismatch or invalid_request"},
+        400: {
+            **PROBLEM,
+            "description": "invalid_name, digest_mismatch, invalid_callback_url or invalid_request",
+        },
         401: UNAUTHORIZED,
         409: {**PROBLEM, "description": "name_taken"},
         413: {**PROBLEM, "description": "too_large"},
@@ -158,6 +146,7 @@ def _etag_matches(if_none_match: str, etag: str) -> bool:
         503: {**PROBLEM, "description": "overloaded", "headers": RETRY_AFTER},
     },
     openapi_extra=UPLOAD_BODY,
+    callbacks=callbacks.routes,
 )
 async def upload_object(
     request: Request,
@@ -177,6 +166,14 @@ async def upload_object(
             "body answers with the object the first upload made, and makes nothing new",
         ),
     ] = None,
+    callback_url: Annotated[
+        str | None,
+        Query(
+            description="http(s) URL to POST the signed `object.verified` or "
+            "`object.failed` event to when the object settles; unset: the tenant's "
+            "default, if any"
+        ),
+    ] = None,
 ) -> Response:
     accepted = await objects.accept_upload(
         ctx,
@@ -187,6 +184,7 @@ async def upload_object(
         content_length,
         objects.ClientDigests(content_md5, content_digest),
         idempotency_key,
+        callback_url,
     )
     row = accepted.row
     if wait > 0:
@@ -269,6 +267,95 @@ async def list_objects(
 ) -> ObjectPage:
     rows, next_cursor = await objects.list_objects(ctx, caller.tenant, state, limit, cursor)
     return ObjectPage(items=[to_record(row, ctx.settings) for row in rows], next_cursor=next_cursor)
+
+
+def to_delivery(view: outbox.DeliveryView) -> Delivery:
+    row = view.delivery
+    return Delivery(
+        number=row.number,
+        webhook_id=row.webhook_id,
+        event_type=row.event_type,
+        url=row.url,
+        state=row.state,
+        attempts=[
+            DeliveryAttempt(
+                at=attempt.at,
+                http_status=attempt.http_status,
+                latency_ms=attempt.latency_ms,
+                error=attempt.error,
+            )
+            for attempt in view.attempts
+        ],
+        created_at=row.created_at,
+        next_attempt_at=row.next_attempt_at if row.state == "pending" else None,
+        delivered_at=row.delivered_at,
+    )
+
+
+@router.get(
+    "/v1/objects/{object_id}/deliveries",
+    operation_id="list_deliveries",
+    summary="List an object's webhook deliveries",
+    description="Every event sent (or being sent) for the object, with each attempt's "
+    "status, latency and error.",
+    response_model=DeliveryList,
+    responses={
+        401: UNAUTHORIZED,
+        404: {**PROBLEM, "description": "not_found (also another tenant's object)"},
+        429: RATE_LIMITED,
+    },
+)
+async def list_deliveries(ctx: ContextDep, caller: ReaderDep, object_id: str) -> DeliveryList:
+    views = await run_in_threadpool(outbox.deliveries_of, ctx.sessions, caller.tenant, object_id)
+    return DeliveryList(items=[to_delivery(view) for view in views])
+
+
+@router.post(
+    "/v1/objects/{object_id}/deliveries/{number}/replay",
+    operation_id="replay_delivery",
+    summary="Send a webhook delivery again",
+    description="Queues delivery `number` again as a new delivery, with the same "
+    "`webhook-id` and body, signed anew; retried like any other.",
+    status_code=202,
+    response_model=Delivery,
+    responses={
+        401: UNAUTHORIZED,
+        404: {**PROBLEM, "description": "not_found: no such object or delivery"},
+        422: {**PROBLEM, "description": "invalid_request"},
+    },
+)
+async def replay_delivery(
+    ctx: ContextDep,
+    caller: CallerDep,
+    object_id: str,
+    number: Annotated[int, Path(ge=1, le=1_000_000)],
+) -> Delivery:
+    view = await run_in_threadpool(
+        outbox.replay, ctx.sessions, outbox.Outbox(ctx.settings), caller.tenant, object_id, number
+    )
+    ctx.wake_dispatcher()
+    return to_delivery(view)
+
+
+@callbacks.post(
+    "{$request.query.callback_url}",
+    operation_id="object_settled",
+    summary="The object settled (sent to callback_url)",
+    description="Signed the Standard Webhooks way: `webhook-signature` is one or more "
+    "space-separated `v1,<base64 HMAC-SHA256>` over `{webhook-id}.{webhook-timestamp}.{body}` "
+    "with the tenant's secret (two during a rotation). Any 2xx acknowledges it; anything "
+    "else, or no answer within the timeout, is retried with growing waits for a day, "
+    "always with the same `webhook-id`.",
+    status_code=204,
+    response_class=Response,
+)
+def object_settled(
+    body: WebhookEvent,
+    webhook_id: Annotated[str, Header(description="the same on every retry and replay")],
+    webhook_timestamp: Annotated[str, Header(description="seconds since the epoch")],
+    webhook_signature: Annotated[str, Header(description="`v1,<base64>` (space-separated)")],
+) -> None:
+    """Documentation only: the receiver implements it."""
 
 
 @router.get("/healthz", operation_id="health", summary="The process is up", response_model=Health)

@@ -40,6 +40,7 @@ class ObjectRecord(BaseModel):
                     "updated_at": "2026-12-03T12:00:00.120000Z",
                     "verified_at": "2026-12-03T12:00:00.120000Z",
                     "settle_by": "2026-12-03T14:31:00Z",
+                    "callback_url": "https://hooks.example.com/verified-urls",
                 }
             ]
         }
@@ -65,6 +66,11 @@ class ObjectRecord(BaseModel):
     updated_at: datetime
     verified_at: datetime | None
     settle_by: datetime = Field(description="the latest time the object will have left pending")
+    callback_url: str | None = Field(
+        None,
+        description="where the `object.verified` or `object.failed` event is sent; "
+        "null: the tenant's default callback URL, if it has one",
+    )
 
 
 class ObjectPage(BaseModel):
@@ -93,3 +99,38 @@ class Readiness(BaseModel):
     status: Literal["ok"]
     ledger: Literal["ok"]
     store: Literal["ok"]
+
+
+class DeliveryAttempt(BaseModel):
+    at: datetime
+    http_status: int | None = Field(description="the receiver's answer; null if none came")
+    latency_ms: float
+    error: str | None = Field(description="why the attempt did not deliver; null if it did")
+
+
+class Delivery(BaseModel):
+    """One webhook event for one callback URL, and every attempt to deliver it."""
+
+    number: int = Field(description="1, 2, ... per object; replays get the next number")
+    webhook_id: str = Field(description="the `webhook-id` header: the same on every retry")
+    event_type: Literal["object.verified", "object.failed"]
+    url: str
+    state: Literal["pending", "delivered", "failed"] = Field(
+        description="`failed` once retried for WEBHOOK_RETRY_FOR_SECONDS without a 2xx"
+    )
+    attempts: list[DeliveryAttempt]
+    created_at: datetime
+    next_attempt_at: datetime | None = Field(description="while pending")
+    delivered_at: datetime | None
+
+
+class DeliveryList(BaseModel):
+    items: list[Delivery]
+
+
+class WebhookEvent(BaseModel):
+    """The body POSTed to a callback URL (Standard Webhooks payload shape)."""
+
+    type: Literal["object.verified", "object.failed"]
+    timestamp: datetime = Field(description="when the object settled")
+    data: ObjectRecord

@@ -90,6 +90,8 @@ class ObjectRow(Base):
     spool_path: Mapped[str] = mapped_column(Text)
     # the client's Idempotency-Key: a retried upload answers with this object
     idempotency_key: Mapped[str | None] = mapped_column(String(255))
+    # where the settled event goes; unset: the tenant's default, if any
+    callback_url: Mapped[str | None] = mapped_column(Text)
 
     state: Mapped[str] = mapped_column(String(16))
     phase: Mapped[str] = mapped_column(String(16))
@@ -183,3 +185,78 @@ class ApiKeyRow(Base):
     key_prefix: Mapped[str] = mapped_column(String(16))  # to tell keys apart in listings
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
     revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+
+DELIVERY_PENDING, DELIVERY_DELIVERED, DELIVERY_FAILED = "pending", "delivered", "failed"
+
+
+class WebhookSettingsRow(Base):
+    """A tenant's webhook signing secrets and default callback URL.
+
+    The secret must be kept as is (HMAC needs it): it is shown by the CLI.
+    During a rotation the previous secret signs too, until `previous_until`.
+    """
+
+    __tablename__ = "webhook_settings"
+
+    tenant: Mapped[str] = mapped_column(String(64), primary_key=True)
+    secret: Mapped[str] = mapped_column(String(128))
+    previous_secret: Mapped[str | None] = mapped_column(String(128))
+    previous_until: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    default_callback_url: Mapped[str | None] = mapped_column(Text)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+class DeliveryRow(Base):
+    """The outbox: one event for one callback URL, written in the transaction
+    that settles the object, and the dispatcher's job until it is delivered or
+    its retries run out."""
+
+    __tablename__ = "deliveries"
+
+    id: Mapped[int] = mapped_column(BigIntId, primary_key=True, autoincrement=True)
+    object_id: Mapped[str] = mapped_column(String(32), ForeignKey("objects.id", ondelete="CASCADE"))
+    tenant: Mapped[str] = mapped_column(String(64))
+    number: Mapped[int] = mapped_column(Integer)  # 1, 2, ... per object
+    webhook_id: Mapped[str] = mapped_column(String(64))  # the same on every retry
+    event_type: Mapped[str] = mapped_column(String(32))
+    url: Mapped[str] = mapped_column(Text)
+    payload: Mapped[str] = mapped_column(Text)  # the JSON body, fixed when written
+    state: Mapped[str] = mapped_column(String(16))
+    attempts: Mapped[int] = mapped_column(Integer)
+    next_attempt_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    give_up_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    lease_owner: Mapped[str | None] = mapped_column(String(128))
+    lease_token: Mapped[str | None] = mapped_column(String(32))
+    lease_expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    last_status: Mapped[int | None] = mapped_column(Integer)
+    last_error: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    delivered_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+    __table_args__ = (
+        CheckConstraint("state IN ('pending', 'delivered', 'failed')", name="state"),
+        Index("uq_deliveries_object_number", "object_id", "number", unique=True),
+        Index(
+            "ix_deliveries_due",
+            "next_attempt_at",
+            sqlite_where=text("state = 'pending'"),
+            postgresql_where=text("state = 'pending'"),
+        ),
+    )
+
+
+class DeliveryAttemptRow(Base):
+    """Append-only: every POST of a delivery, with its outcome."""
+
+    __tablename__ = "delivery_attempts"
+
+    id: Mapped[int] = mapped_column(BigIntId, primary_key=True, autoincrement=True)
+    delivery_id: Mapped[int] = mapped_column(
+        BigIntId, ForeignKey("deliveries.id", ondelete="CASCADE"), index=True
+    )
+    at: Mapped[datetime] = mapped_column(UTCDateTime)
+    http_status: Mapped[int | None] = mapped_column(Integer)
+    latency_ms: Mapped[float] = mapped_column(Float)
+    error: Mapped[str | None] = mapped_column(Text)
+    worker: Mapped[str | None] = mapped_column(String(128))

@@ -37,6 +37,7 @@ from service.storage.base import (
 )
 from service.verifier.notify import Settlements
 from service.verifier.policy import Policy
+from service.webhooks.outbox import Outbox
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -69,6 +70,8 @@ class Verifier:
         executor: ThreadPoolExecutor,
         owner: str | None = None,
         rng: random.Random | None = None,
+        outbox: Outbox | None = None,
+        on_settled: Callable[[], None] = lambda: None,
     ) -> None:
         self._sessions = sessions
         self._store = store
@@ -78,6 +81,8 @@ class Verifier:
         self._executor = executor
         self.owner = owner or make_owner_name()
         self._rng = rng or random.Random()
+        self._outbox = outbox
+        self._on_settled = on_settled
         self._wake = asyncio.Event()
         self._held: dict[str, str] = {}  # object id -> lease token
         self._tasks: set[asyncio.Task[None]] = set()
@@ -174,6 +179,7 @@ class Verifier:
     def _settled(self, row: ObjectRow) -> None:
         Spool.release(row.spool_path)
         self._settlements.notify(row.id)
+        self._on_settled()
 
     async def _save(self, row: ObjectRow, token: str, keep: bool, calls: list[StoreCall]) -> bool:
 
@@ -186,6 +192,9 @@ class Verifier:
                     return False
                 repository.add_events(session, row.id, row.rounds, calls, now, self.owner)
                 if row.state in (VERIFIED, FAILED):
+                    if self._outbox is not None:
+                        # the event is written with the state change, or not at all
+                        self._outbox.enqueue_settled(session, row, now)
                     notify.settled(session, row.id)  # clients waiting elsewhere, at commit
                 return True
 
