@@ -280,3 +280,20 @@ def test_another_tenants_deliveries_are_not_found(
     [got] = receiver.wait_for(1)
     [acme_secret] = secret_of(settings, "acme")
     assert verify_signature(acme_secret, got.headers, got.body)
+
+
+def test_the_callback_is_in_the_contract() -> None:
+    import yaml
+
+    document = yaml.safe_load(open("openapi.yaml", encoding="utf-8"))
+    upload_operation = document["paths"]["/v1/objects"]["post"]
+    callback = upload_operation["callbacks"]["object_settled"]
+    operation = callback["{$request.query.callback_url}"]["post"]
+    headers = {p["name"] for p in operation["parameters"] if p["in"] == "header"}
+    assert headers == {"webhook-id", "webhook-timestamp", "webhook-signature"}
+    body = operation["requestBody"]["content"]["application/json"]["schema"]
+    assert body == {"$ref": "#/components/schemas/WebhookEvent"}
+    assert {"callback_url"} <= {p["name"] for p in upload_operation["parameters"]}
+    paths = document["paths"]
+    assert "get" in paths["/v1/objects/{object_id}/deliveries"]
+    assert "post" in paths["/v1/objects/{object_id}/deliveries/{number}/replay"]

@@ -112,6 +112,27 @@ def _etag_matches(if_none_match: str, etag: str) -> bool:
     return "*" in candidates or etag in candidates
 
 
+@callbacks.post(
+    "{$request.query.callback_url}",
+    operation_id="object_settled",
+    summary="The object settled (sent to callback_url)",
+    description="Signed the Standard Webhooks way: `webhook-signature` is one or more "
+    "space-separated `v1,<base64 HMAC-SHA256>` over `{webhook-id}.{webhook-timestamp}.{body}` "
+    "with the tenant's secret (two during a rotation). Any 2xx acknowledges it; anything "
+    "else, or no answer within the timeout, is retried with growing waits for a day, "
+    "always with the same `webhook-id`.",
+    status_code=204,
+    response_class=Response,
+)
+def object_settled(
+    body: WebhookEvent,
+    webhook_id: Annotated[str, Header(description="the same on every retry and replay")],
+    webhook_timestamp: Annotated[str, Header(description="seconds since the epoch")],
+    webhook_signature: Annotated[str, Header(description="`v1,<base64>` (space-separated)")],
+) -> None:
+    """Documentation only: the receiver implements it."""
+
+
 @router.post(
     "/v1/objects",
     operation_id="upload_object",
@@ -335,27 +356,6 @@ async def replay_delivery(
     )
     ctx.wake_dispatcher()
     return to_delivery(view)
-
-
-@callbacks.post(
-    "{$request.query.callback_url}",
-    operation_id="object_settled",
-    summary="The object settled (sent to callback_url)",
-    description="Signed the Standard Webhooks way: `webhook-signature` is one or more "
-    "space-separated `v1,<base64 HMAC-SHA256>` over `{webhook-id}.{webhook-timestamp}.{body}` "
-    "with the tenant's secret (two during a rotation). Any 2xx acknowledges it; anything "
-    "else, or no answer within the timeout, is retried with growing waits for a day, "
-    "always with the same `webhook-id`.",
-    status_code=204,
-    response_class=Response,
-)
-def object_settled(
-    body: WebhookEvent,
-    webhook_id: Annotated[str, Header(description="the same on every retry and replay")],
-    webhook_timestamp: Annotated[str, Header(description="seconds since the epoch")],
-    webhook_signature: Annotated[str, Header(description="`v1,<base64>` (space-separated)")],
-) -> None:
-    """Documentation only: the receiver implements it."""
 
 
 @router.get("/healthz", operation_id="health", summary="The process is up", response_model=Health)
