@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -285,7 +286,7 @@ def test_another_tenants_deliveries_are_not_found(
 def test_the_callback_is_in_the_contract() -> None:
     import yaml
 
-    document = yaml.safe_load(open("openapi.yaml", encoding="utf-8"))
+    document = yaml.safe_load(Path("openapi.yaml").read_text(encoding="utf-8"))
     upload_operation = document["paths"]["/v1/objects"]["post"]
     callback = upload_operation["callbacks"]["object_settled"]
     operation = callback["{$request.query.callback_url}"]["post"]
