@@ -127,6 +127,8 @@ def _expected_digests(digests: ClientDigests) -> tuple[str | None, list[str]]:
 def content_type_problem(content_type: str) -> str | None:
     """Content types go back out as a response header of the store: printable
     ASCII only, or a customer's HTTP client may refuse the verified URL."""
+    if not content_type.strip():
+        return "the content type is empty"
     if len(content_type) > MAX_CONTENT_TYPE_LENGTH:
         return f"the content type is longer than {MAX_CONTENT_TYPE_LENGTH} characters"
     if any(not (" " <= char <= "~") for char in content_type):

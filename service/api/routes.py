@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Query, Request
 from fastapi.responses import JSONResponse, Response
@@ -13,7 +13,15 @@ from starlette.concurrency import run_in_threadpool
 from service import objects
 from service.api.bodies import upload_body
 from service.api.deps import CallerDep, ContextDep, ReaderDep
-from service.api.schemas import ErrorInfo, Health, ObjectPage, ObjectRecord, Problem, Readiness
+from service.api.schemas import (
+    ErrorInfo,
+    Health,
+    ObjectPage,
+    ObjectRecord,
+    ObjectState,
+    Problem,
+    Readiness,
+)
 from service.errors import ServiceError
 from service.ledger.models import PENDING, VERIFIED, ObjectRow
 from service.naming import object_url
@@ -38,14 +46,28 @@ RATE_LIMITED = {
     "description": "rate_limited: too many status reads for the tenant; use `wait`",
     "headers": RETRY_AFTER,
 }
-ETAG = {"ETag": {"description": "changes whenever the record does", "schema": {"type": "string"}}}
+ETAG = {
+    "ETag": {
+        "description": "changes whenever the record does",
+        "required": True,
+        "schema": {"type": "string"},
+    }
+}
 REPLAYED = {
     "Idempotent-Replayed": {
         "description": "`true` when an earlier upload with this Idempotency-Key made the object",
         "schema": {"type": "string", "enum": ["true"]},
     }
 }
-LOCATION = {"Location": {"description": "where the record lives", "schema": {"type": "string"}}}
+LOCATION = {
+    "Location": {
+        "description": "where the record lives",
+        "required": True,
+        "schema": {"type": "string"},
+    }
+}
+OBJECTS_TAG = "objects"
+SERVICE_TAG = "service"
 
 WaitQuery = Annotated[
     float,
@@ -60,17 +82,12 @@ WaitQuery = Annotated[
 UPLOAD_BODY = {
     "requestBody": {
         "required": True,
-        "description": "The object's bytes as the raw body (its Content-Type is kept), "
-        "or a multipart/form-data body with a `file` field.",
+        "description": "The object's bytes as the raw body (its Content-Type is kept, "
+        "unless the `content_type` parameter says otherwise), or a multipart/form-data "
+        "body with a `file` field.",
         "content": {
             "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
-            "multipart/form-data": {
-                "schema": {
-                    "type": "object",
-                    "required": ["file"],
-                    "properties": {"file": {"type": "string", "format": "binary"}},
-                }
-            },
+            "multipart/form-data": {"schema": {"$ref": "#/components/schemas/UploadForm"}},
         },
     }
 }
@@ -130,6 +147,7 @@ def _etag_matches(if_none_match: str, etag: str) -> bool:
 @router.post(
     "/v1/objects",
     operation_id="upload_object",
+    tags=[OBJECTS_TAG],
     summary="Upload an object",
     description="Spools the body, records the object `pending` and starts storing it. "
     "Answers 202 while pending; with `wait`, 201 once verified within the wait.",
@@ -165,6 +183,15 @@ async def upload_object(
     caller: CallerDep,
     name: Annotated[str, Query(description="the object's name; see the name policy")],
     wait: WaitQuery = 0,
+    content_type: Annotated[
+        str | None,
+        Query(
+            description="the object's media type, kept and served with it; when given, "
+            "it is used instead of the request's Content-Type (a generated client sends "
+            "a raw body as application/octet-stream)",
+            examples=["application/pdf"],
+        ),
+    ] = None,
     content_length: Annotated[int | None, Header(include_in_schema=False)] = None,
     content_md5: Annotated[str | None, Header(description="base64 MD5 of the body")] = None,
     content_digest: Annotated[
@@ -183,7 +210,7 @@ async def upload_object(
         caller.tenant,
         caller.key_prefix,
         name,
-        upload_body(request),
+        upload_body(request, content_type),
         content_length,
         objects.ClientDigests(content_md5, content_digest),
         idempotency_key,
@@ -201,6 +228,7 @@ async def upload_object(
 @router.get(
     "/v1/objects/{object_id}",
     operation_id="get_object",
+    tags=[OBJECTS_TAG],
     summary="Read an object's record",
     description="The record; `url` only once verified. While pending, `Retry-After` says "
     "when to ask again; `wait` long-polls until the object leaves `pending`.",
@@ -232,6 +260,7 @@ async def get_object(
 @router.delete(
     "/v1/objects/{object_id}",
     operation_id="delete_object",
+    tags=[OBJECTS_TAG],
     summary="Delete an object",
     description="The record's state becomes `deleted` at once and its URL is never "
     "handed out again; a pending object stops being worked on; the bytes are deleted "
@@ -251,6 +280,7 @@ async def delete_object(ctx: ContextDep, caller: CallerDep, object_id: str) -> R
 @router.get(
     "/v1/objects",
     operation_id="list_objects",
+    tags=[OBJECTS_TAG],
     summary="List objects, newest first",
     response_model=ObjectPage,
     responses={
@@ -263,15 +293,21 @@ async def delete_object(ctx: ContextDep, caller: CallerDep, object_id: str) -> R
 async def list_objects(
     ctx: ContextDep,
     caller: ReaderDep,
-    state: Literal["pending", "verified", "failed", "deleted"] | None = None,
-    limit: Annotated[int, Query(ge=1, le=1000)] = 50,
-    cursor: str | None = None,
+    state: Annotated[ObjectState | None, Query(description="only objects in this state")] = None,
+    limit: Annotated[int, Query(ge=1, le=1000, description="at most this many records")] = 50,
+    cursor: Annotated[str | None, Query(description="the `next_cursor` of the page before")] = None,
 ) -> ObjectPage:
     rows, next_cursor = await objects.list_objects(ctx, caller.tenant, state, limit, cursor)
     return ObjectPage(items=[to_record(row, ctx.settings) for row in rows], next_cursor=next_cursor)
 
 
-@router.get("/healthz", operation_id="health", summary="The process is up", response_model=Health)
+@router.get(
+    "/healthz",
+    operation_id="health",
+    tags=[SERVICE_TAG],
+    summary="The process is up",
+    response_model=Health,
+)
 async def healthz() -> Health:
     return Health(status="ok")
 
@@ -279,6 +315,7 @@ async def healthz() -> Health:
 @router.get(
     "/readyz",
     operation_id="readiness",
+    tags=[SERVICE_TAG],
     summary="The ledger and the store answer",
     response_model=Readiness,
     responses={503: {**PROBLEM, "description": "not_ready"}},
