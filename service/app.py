@@ -91,7 +91,7 @@ def create_app(
             {"name": "service", "description": "Liveness and readiness of the service"},
         ],
     )
-    problems.install(app)
+    problems.install(app, router.routes)
     app.include_router(router)
     if settings.cors_allowed_origins:
         app.add_middleware(

@@ -10,6 +10,14 @@ import unicodedata
 from urllib.parse import quote
 
 MAX_NAME_BYTES = 1024
+# The policy below as a JSON Schema (ECMA-262) pattern, for the OpenAPI document:
+# no control character (Cc) or U+FFFD; no leading '/', '//' or trailing '/';
+# no '.' or '..' segment. (The length in bytes is beyond a pattern: the
+# document says maxLength 1024 characters, and the bytes are checked here.)
+NAME_PATTERN = (
+    r"^(?![\s\S]*[\x00-\x1f\x7f-\x9f\ufffd])"
+    r"(?!/)(?![\s\S]*//)(?![\s\S]*/$)(?!(?:[\s\S]*/)?\.\.?(?:/|$))[\s\S]+$"
+)
 
 
 def name_problem(name: str) -> str | None:

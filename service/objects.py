@@ -90,6 +90,9 @@ def utcnow() -> datetime:
 
 DIGEST_MEMBER = re.compile(r"^\s*([A-Za-z0-9-]+)\s*=\s*:([A-Za-z0-9+/=]*):\s*(;.*)?$")
 MAX_CONTENT_TYPE_LENGTH = 255
+# what content_type_problem accepts, as a JSON Schema pattern for the document:
+# printable ASCII, not blank (and at most MAX_CONTENT_TYPE_LENGTH characters)
+CONTENT_TYPE_PATTERN = r"^(?![\s\S]*[^ -~])[ -~]*[!-~][ -~]*$"
 
 
 def _b64_hex(value: str, length: int, header: str) -> str:
@@ -142,7 +145,10 @@ def _check_content_type(content_type: str) -> None:
         raise errors.invalid_request(problem)
 
 
-IDEMPOTENCY_KEY = re.compile(r"^[!-~](?:[ -~]{0,253}[!-~])?$")  # printable ASCII, 1-255
+# printable ASCII, 1-255 characters, no space at either end (the lookahead also
+# keeps `$` from matching before a final newline)
+IDEMPOTENCY_KEY_PATTERN = r"^(?![\s\S]*[^ -~])[!-~](?:[ -~]{0,253}[!-~])?$"
+IDEMPOTENCY_KEY = re.compile(IDEMPOTENCY_KEY_PATTERN)
 
 
 @dataclass(frozen=True)

@@ -274,6 +274,24 @@ def test_unknown_object_and_route_are_problems(client: TestClient) -> None:
     assert_problem(client.delete("/healthz"), 405, "method_not_allowed")
 
 
+@pytest.mark.parametrize(
+    ("method", "path", "allow"),
+    [
+        # found by schemathesis: Starlette named only the first route of the path
+        ("OPTIONS", "/v1/objects/0", "DELETE, GET"),
+        ("PUT", "/v1/objects/0", "DELETE, GET"),
+        ("PATCH", "/v1/objects", "GET, POST"),
+        ("DELETE", "/healthz", "GET"),
+    ],
+)
+def test_a_405_allows_every_method_of_the_path(
+    client: TestClient, method: str, path: str, allow: str
+) -> None:
+    response = client.request(method, path)
+    assert_problem(response, 405, "method_not_allowed")
+    assert response.headers["allow"] == allow
+
+
 def test_health_and_readiness(client: TestClient) -> None:
     assert client.get("/healthz").json() == {"status": "ok"}
     assert client.get("/readyz").json() == {"status": "ok", "ledger": "ok", "store": "ok"}

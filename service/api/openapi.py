@@ -49,7 +49,18 @@ LINKS: dict[tuple[str, str], dict[str, Any]] = {
     ("upload_object", "202"): RECORD_LINKS,
     ("get_object", "200"): RECORD_LINKS,
     ("delete_object", "200"): {"GetObject": RECORD_LINKS["GetObject"]},
-    ("list_objects", "200"): FIRST_ITEM_LINKS,
+    ("list_objects", "200"): {
+        **FIRST_ITEM_LINKS,
+        "NextPage": _link(
+            "list_objects",
+            {
+                "cursor": "$response.body#/next_cursor",
+                "state": "$request.query.state",
+                "limit": "$request.query.limit",
+            },
+            "The next page (while `next_cursor` is not null)",
+        ),
+    },
 }
 
 

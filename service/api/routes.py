@@ -24,7 +24,7 @@ from service.api.schemas import (
 )
 from service.errors import ServiceError
 from service.ledger.models import PENDING, VERIFIED, ObjectRow
-from service.naming import object_url
+from service.naming import MAX_NAME_BYTES, NAME_PATTERN, object_url
 from service.settings import Settings
 
 router = APIRouter()
@@ -181,7 +181,21 @@ async def upload_object(
     request: Request,
     ctx: ContextDep,
     caller: CallerDep,
-    name: Annotated[str, Query(description="the object's name; see the name policy")],
+    name: Annotated[
+        str,
+        Query(
+            description="the object's name within the tenant: at most 1024 bytes in UTF-8, "
+            "no control characters, no leading or trailing `/`, no `//`, no `.` or `..` "
+            "segment",
+            examples=["reports/2026/summary.pdf"],
+            # documented only: the name policy itself answers 400 invalid_name
+            json_schema_extra={
+                "minLength": 1,
+                "maxLength": MAX_NAME_BYTES,
+                "pattern": NAME_PATTERN,
+            },
+        ),
+    ],
     wait: WaitQuery = 0,
     content_type: Annotated[
         str | None,
@@ -190,6 +204,10 @@ async def upload_object(
             "it is used instead of the request's Content-Type (a generated client sends "
             "a raw body as application/octet-stream)",
             examples=["application/pdf"],
+            json_schema_extra={
+                "maxLength": objects.MAX_CONTENT_TYPE_LENGTH,
+                "pattern": objects.CONTENT_TYPE_PATTERN,
+            },
         ),
     ] = None,
     content_length: Annotated[int | None, Header(include_in_schema=False)] = None,
@@ -202,6 +220,11 @@ async def upload_object(
         Header(
             description="any unique string (a UUID): a retry with the same key, name and "
             "body answers with the object the first upload made, and makes nothing new",
+            json_schema_extra={
+                "minLength": 1,
+                "maxLength": 255,
+                "pattern": objects.IDEMPOTENCY_KEY_PATTERN,
+            },
         ),
     ] = None,
 ) -> Response:
