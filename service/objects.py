@@ -176,7 +176,7 @@ async def accept_upload(
     `idempotency_key` that an earlier upload of the same name, bytes and content
     type used, nothing new is made: the answer is that upload's object.
     """
-    problem = name_problem(name)
+    problem = name_problem(name, key_prefix)
     if problem is not None:
         raise errors.invalid_name(problem)
     if idempotency_key is not None and IDEMPOTENCY_KEY.match(idempotency_key) is None:

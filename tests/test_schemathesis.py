@@ -33,10 +33,11 @@ from schemathesis.core.failures import FailureGroup
 from schemathesis.core.parameters import ParameterLocation
 from schemathesis.transport.serialization import serialize_binary
 
-from service.naming import MAX_NAME_BYTES
+from service.naming import MAX_KEY_BYTES
 from tests.service_process import ServiceRunner
 
 OPENAPI_FILE = Path(__file__).resolve().parents[1] / "openapi.yaml"
+TENANT = "schemathesis"
 API_KEY = "schemathesis-secret-key-0123456789"
 MAX_EXAMPLES = 200  # per operation, in the fuzzing phase (examples and coverage come on top)
 STATEFUL_SCENARIOS = 300
@@ -66,8 +67,8 @@ def _object_bytes(case: schemathesis.Case) -> bytes | None:
 def _valid_upload(case: schemathesis.Case) -> None:
     """Digests are the body's (a random Content-MD5 is a wrong one); an
     Idempotency-Key is new (another upload's key is 422 by design); a name is
-    free and fits in 1024 bytes of UTF-8 (the document's maxLength counts
-    characters)."""
+    free and fits, with the tenant's key prefix, in 1024 bytes of UTF-8 (the
+    document's maxLength counts characters)."""
     if _is_positive(case, ParameterLocation.HEADER) and case.headers:
         data = _object_bytes(case)
         headers = {name.lower(): name for name in case.headers}
@@ -86,9 +87,10 @@ def _valid_upload(case: schemathesis.Case) -> None:
         # a name that no earlier upload holds (a taken one is 409 by design;
         # Hypothesis would draw "0" again and again, and never get past it)
         name = f"{uuid.uuid4().hex[:12]}/{name}"
-        if len(name.encode()) > MAX_NAME_BYTES:
+        room = MAX_KEY_BYTES - len(f"{TENANT}/")  # the store key is the tenant's prefix + name
+        if len(name.encode()) > room:
             # a prefix of a valid name, plus a character that completes its last segment
-            name = name.encode()[: MAX_NAME_BYTES - 1].decode(errors="ignore") + "x"
+            name = name.encode()[: room - 1].decode(errors="ignore") + "x"
         case.query["name"] = name
 
 
@@ -148,7 +150,7 @@ def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServiceRunner]
     with ServiceRunner(tmp_path_factory.mktemp("schemathesis")) as runner:
         runner.start(
             {
-                "VERIFIED_URLS_API_KEYS": f"schemathesis:{API_KEY}",
+                "VERIFIED_URLS_API_KEYS": f"{TENANT}:{API_KEY}",
                 "VERIFIED_URLS_MAX_WAIT_SECONDS": "1",
                 "VERIFIED_URLS_TENANT_READS_PER_SECOND": "0",
             }

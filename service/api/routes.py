@@ -184,9 +184,9 @@ async def upload_object(
     name: Annotated[
         str,
         Query(
-            description="the object's name within the tenant: at most 1024 bytes in UTF-8, "
-            "no control characters, no leading or trailing `/`, no `//`, no `.` or `..` "
-            "segment",
+            description="the object's name within the tenant: at most 1024 bytes in UTF-8 "
+            "less the tenant's key prefix (`acme/` for tenant acme), no control characters, "
+            "no leading or trailing `/`, no `//`, no `.` or `..` segment",
             examples=["reports/2026/summary.pdf"],
             # documented only: the name policy itself answers 400 invalid_name
             json_schema_extra={
