@@ -7,13 +7,12 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
-from typing import Any
 
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
-from fastapi.openapi.utils import get_openapi
 
 from service.api import problems
+from service.api.openapi import openapi_document
 from service.api.routes import router
 from service.auth import Authenticator, parse_preset_keys
 from service.objects import ObjectsContext
@@ -88,8 +87,13 @@ def create_app(
         "with a stable `code`.",
         lifespan=lifespan,
         redirect_slashes=False,
+        openapi_tags=[
+            {"name": "objects", "description": "Upload objects, follow them, delete them"},
+            {"name": "webhooks", "description": "Events sent to callback URLs, and replays"},
+            {"name": "service", "description": "Liveness and readiness of the service"},
+        ],
     )
-    problems.install(app)
+    problems.install(app, router.routes)
     app.include_router(router)
     if settings.cors_allowed_origins:
         app.add_middleware(
@@ -108,22 +112,5 @@ def create_app(
             expose_headers=["Location", "Retry-After", "ETag", "Idempotent-Replayed"],
             max_age=600,
         )
-    app.openapi = lambda: _openapi_with_problems(app)  # type: ignore[method-assign]
+    app.openapi = lambda: openapi_document(app)  # type: ignore[method-assign]
     return app
-
-
-def _openapi_with_problems(app: FastAPI) -> dict[str, Any]:
-    """Error bodies are `application/problem+json` only (FastAPI would say JSON)."""
-    if app.openapi_schema is not None:
-        return app.openapi_schema
-    document = get_openapi(
-        title=app.title, version=app.version, description=app.description, routes=app.routes
-    )
-    for operations in document["paths"].values():
-        for operation in operations.values():
-            for status, response in operation.get("responses", {}).items():
-                content = response.get("content", {})
-                if status.startswith(("4", "5")) and "application/json" in content:
-                    response["content"] = {"application/problem+json": content["application/json"]}
-    app.openapi_schema = document
-    return document

@@ -92,6 +92,9 @@ def utcnow() -> datetime:
 
 DIGEST_MEMBER = re.compile(r"^\s*([A-Za-z0-9-]+)\s*=\s*:([A-Za-z0-9+/=]*):\s*(;.*)?$")
 MAX_CONTENT_TYPE_LENGTH = 255
+# what content_type_problem accepts, as a JSON Schema pattern for the document:
+# printable ASCII, not blank (and at most MAX_CONTENT_TYPE_LENGTH characters)
+CONTENT_TYPE_PATTERN = r"^(?![\s\S]*[^ -~])[ -~]*[!-~][ -~]*$"
 
 
 def _b64_hex(value: str, length: int, header: str) -> str:
@@ -129,6 +132,8 @@ def _expected_digests(digests: ClientDigests) -> tuple[str | None, list[str]]:
 def content_type_problem(content_type: str) -> str | None:
     """Content types go back out as a response header of the store: printable
     ASCII only, or a customer's HTTP client may refuse the verified URL."""
+    if not content_type.strip():
+        return "the content type is empty"
     if len(content_type) > MAX_CONTENT_TYPE_LENGTH:
         return f"the content type is longer than {MAX_CONTENT_TYPE_LENGTH} characters"
     if any(not (" " <= char <= "~") for char in content_type):
@@ -142,7 +147,10 @@ def _check_content_type(content_type: str) -> None:
         raise errors.invalid_request(problem)
 
 
-IDEMPOTENCY_KEY = re.compile(r"^[!-~](?:[ -~]{0,253}[!-~])?$")  # printable ASCII, 1-255
+# printable ASCII, 1-255 characters, no space at either end (the lookahead also
+# keeps `$` from matching before a final newline)
+IDEMPOTENCY_KEY_PATTERN = r"^(?![\s\S]*[^ -~])[!-~](?:[ -~]{0,253}[!-~])?$"
+IDEMPOTENCY_KEY = re.compile(IDEMPOTENCY_KEY_PATTERN)
 
 
 @dataclass(frozen=True)
@@ -171,7 +179,7 @@ async def accept_upload(
     `idempotency_key` that an earlier upload of the same name, bytes and content
     type used, nothing new is made: the answer is that upload's object.
     """
-    problem = name_problem(name)
+    problem = name_problem(name, key_prefix)
     if problem is not None:
         raise errors.invalid_name(problem)
     if idempotency_key is not None and IDEMPOTENCY_KEY.match(idempotency_key) is None:

@@ -59,6 +59,18 @@ def test_tenants_are_kept_apart(make_settings: Callable[..., Settings]) -> None:
         assert [item["id"] for item in listed] == [b["id"]]
 
 
+def test_a_tenants_names_leave_room_for_its_key_prefix(
+    make_settings: Callable[..., Settings],
+) -> None:
+    """A store key (prefix + name) has at most 1024 bytes: a longer name would be
+    accepted, then refused by a real store (KeyTooLong) and end `failed`."""
+    with TestClient(create_app(make_settings(API_KEYS=f"alpha:{A}"))) as client:
+        too_long = upload(client, "n" * (1024 - len("alpha/") + 1), A)
+        assert too_long.status_code == 400 and too_long.json()["code"] == "invalid_name"
+        fits = upload(client, "\u00e9" * ((1024 - len("alpha/")) // 2), A, wait=10).json()
+        assert fits["state"] == "verified" and len(fits["key"].encode()) == 1024
+
+
 def test_keys_in_the_ledger_work_until_revoked(make_settings: Callable[..., Settings]) -> None:
     settings = make_settings()
     engine = make_engine(settings.DATABASE_URL)

@@ -14,21 +14,25 @@ FILE_FIELD = "file"
 
 
 class RawBody:
-    def __init__(self, request: Request) -> None:
+    def __init__(self, request: Request, content_type: str | None = None) -> None:
         self._request = request
-        self.content_type = request.headers.get("content-type") or DEFAULT_CONTENT_TYPE
+        if content_type is None:
+            content_type = request.headers.get("content-type") or DEFAULT_CONTENT_TYPE
+        self.content_type = content_type
 
     def chunks(self) -> AsyncIterator[bytes]:
         return self._request.stream()
 
 
 class FormFileBody:
-    """The first `file` field of a multipart/form-data body, parsed as it arrives."""
+    """The first `file` field of a multipart/form-data body, parsed as it arrives.
+    Its content type is the part's, unless `content_type` is given."""
 
-    def __init__(self, request: Request, boundary: bytes) -> None:
+    def __init__(self, request: Request, boundary: bytes, content_type: str | None = None) -> None:
         self._request = request
         self._boundary = boundary
-        self.content_type = DEFAULT_CONTENT_TYPE
+        self._forced_content_type = content_type
+        self.content_type = DEFAULT_CONTENT_TYPE if content_type is None else content_type
 
     async def chunks(self) -> AsyncIterator[bytes]:
         out: list[bytes] = []
@@ -58,7 +62,8 @@ class FormFileBody:
             if is_file:
                 state["seen_file"] = True
                 content_type = headers.get(b"content-type", b"").decode("latin-1").strip()
-                self.content_type = content_type or DEFAULT_CONTENT_TYPE
+                if self._forced_content_type is None:
+                    self.content_type = content_type or DEFAULT_CONTENT_TYPE
 
         def on_part_data(data: bytes, start: int, end: int) -> None:
             if state["in_file"]:
@@ -105,12 +110,13 @@ class FormFileBody:
             raise errors.invalid_request("the multipart body ends before its closing boundary")
 
 
-def upload_body(request: Request) -> RawBody | FormFileBody:
-    content_type = request.headers.get("content-type", "")
-    media_type, options = parse_options_header(content_type)
+def upload_body(request: Request, content_type: str | None = None) -> RawBody | FormFileBody:
+    """The upload's body; `content_type`, when given, is the object's content type
+    whatever the request's (or its form part's) says."""
+    media_type, options = parse_options_header(request.headers.get("content-type", ""))
     if media_type == b"multipart/form-data":
         boundary = options.get(b"boundary")
         if not boundary:
             raise errors.invalid_request("multipart/form-data without a boundary")
-        return FormFileBody(request, boundary)
-    return RawBody(request)
+        return FormFileBody(request, boundary, content_type)
+    return RawBody(request, content_type)

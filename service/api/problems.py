@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from http import HTTPStatus
 
 from fastapi import FastAPI, Request
@@ -10,6 +11,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
+from starlette.routing import BaseRoute, Match
 
 from service.errors import ServiceError, invalid_name, invalid_request
 
@@ -42,7 +44,23 @@ def _validation_error(exc: RequestValidationError) -> ServiceError:
     return invalid_request("; ".join(parts) or "invalid request", status=422)
 
 
-def install(app: FastAPI) -> None:
+def allowed_methods(request: Request, routes: Sequence[BaseRoute]) -> str:
+    """Every method some route of this path takes. Starlette's own 405 names only
+    the first route that matched the path, while a path may have several
+    (GET and DELETE /v1/objects/{id})."""
+    methods: set[str] = set()
+    for route in routes:
+        match, _ = route.matches(request.scope)
+        route_methods = getattr(route, "methods", None)
+        if match is not Match.NONE and route_methods:
+            methods.update(route_methods)
+    return ", ".join(sorted(methods))
+
+
+def install(app: FastAPI, routes: Sequence[BaseRoute] = ()) -> None:
+    """`routes`: those of included routers (FastAPI keeps them out of
+    `app.router.routes`), for the `Allow` header of a 405."""
+
     @app.exception_handler(ServiceError)
     async def _service_error(request: Request, exc: ServiceError) -> JSONResponse:
         return problem_response(exc, request)
@@ -55,7 +73,10 @@ def install(app: FastAPI) -> None:
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         code = CODES_BY_STATUS.get(exc.status_code, f"http_{exc.status_code}")
         detail = exc.detail if isinstance(exc.detail, str) else HTTPStatus(exc.status_code).phrase
-        error = ServiceError(exc.status_code, code, detail, dict(exc.headers or {}))
+        headers = dict(exc.headers or {})
+        if exc.status_code == 405:
+            headers["Allow"] = allowed_methods(request, [*app.router.routes, *routes])
+        error = ServiceError(exc.status_code, code, detail, headers)
         return problem_response(error, request)
 
     @app.exception_handler(ClientDisconnect)

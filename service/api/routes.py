@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Path, Query, Request
 from fastapi.responses import JSONResponse, Response
@@ -20,15 +20,18 @@ from service.api.schemas import (
     Health,
     ObjectPage,
     ObjectRecord,
+    ObjectState,
     Problem,
     Readiness,
     WebhookEvent,
 )
 from service.errors import ServiceError
 from service.ledger.models import PENDING, VERIFIED, ObjectRow
+from service.naming import MAX_NAME_BYTES, NAME_PATTERN
 from service.records import to_record
 from service.settings import Settings
 from service.webhooks import outbox
+from service.webhooks.targets import CALLBACK_URL_PATTERN, MAX_URL_LENGTH
 
 router = APIRouter()
 callbacks = APIRouter()
@@ -50,14 +53,29 @@ RATE_LIMITED = {
     "description": "rate_limited: too many status reads for the tenant; use `wait`",
     "headers": RETRY_AFTER,
 }
-ETAG = {"ETag": {"description": "changes whenever the record does", "schema": {"type": "string"}}}
+ETAG = {
+    "ETag": {
+        "description": "changes whenever the record does",
+        "required": True,
+        "schema": {"type": "string"},
+    }
+}
 REPLAYED = {
     "Idempotent-Replayed": {
         "description": "`true` when an earlier upload with this Idempotency-Key made the object",
         "schema": {"type": "string", "enum": ["true"]},
     }
 }
-LOCATION = {"Location": {"description": "where the record lives", "schema": {"type": "string"}}}
+LOCATION = {
+    "Location": {
+        "description": "where the record lives",
+        "required": True,
+        "schema": {"type": "string"},
+    }
+}
+OBJECTS_TAG = "objects"
+SERVICE_TAG = "service"
+WEBHOOKS_TAG = "webhooks"
 
 WaitQuery = Annotated[
     float,
@@ -72,17 +90,12 @@ WaitQuery = Annotated[
 UPLOAD_BODY = {
     "requestBody": {
         "required": True,
-        "description": "The object's bytes as the raw body (its Content-Type is kept), "
-        "or a multipart/form-data body with a `file` field.",
+        "description": "The object's bytes as the raw body (its Content-Type is kept, "
+        "unless the `content_type` parameter says otherwise), or a multipart/form-data "
+        "body with a `file` field.",
         "content": {
             "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
-            "multipart/form-data": {
-                "schema": {
-                    "type": "object",
-                    "required": ["file"],
-                    "properties": {"file": {"type": "string", "format": "binary"}},
-                }
-            },
+            "multipart/form-data": {"schema": {"$ref": "#/components/schemas/UploadForm"}},
         },
     }
 }
@@ -115,6 +128,7 @@ def _etag_matches(if_none_match: str, etag: str) -> bool:
 @callbacks.post(
     "{$request.query.callback_url}",
     operation_id="object_settled",
+    tags=[WEBHOOKS_TAG],
     summary="The object settled (sent to callback_url)",
     description="Signed the Standard Webhooks way: `webhook-signature` is one or more "
     "space-separated `v1,<base64 HMAC-SHA256>` over `{webhook-id}.{webhook-timestamp}.{body}` "
@@ -136,6 +150,7 @@ def object_settled(
 @router.post(
     "/v1/objects",
     operation_id="upload_object",
+    tags=[OBJECTS_TAG],
     summary="Upload an object",
     description="Spools the body, records the object `pending` and starts storing it. "
     "Answers 202 while pending; with `wait`, 201 once verified within the wait.",
@@ -173,8 +188,35 @@ async def upload_object(
     request: Request,
     ctx: ContextDep,
     caller: CallerDep,
-    name: Annotated[str, Query(description="the object's name; see the name policy")],
+    name: Annotated[
+        str,
+        Query(
+            description="the object's name within the tenant: at most 1024 bytes in UTF-8 "
+            "less the tenant's key prefix (`acme/` for tenant acme), no control characters, "
+            "no leading or trailing `/`, no `//`, no `.` or `..` segment",
+            examples=["reports/2026/summary.pdf"],
+            # documented only: the name policy itself answers 400 invalid_name
+            json_schema_extra={
+                "minLength": 1,
+                "maxLength": MAX_NAME_BYTES,
+                "pattern": NAME_PATTERN,
+            },
+        ),
+    ],
     wait: WaitQuery = 0,
+    content_type: Annotated[
+        str | None,
+        Query(
+            description="the object's media type, kept and served with it; when given, "
+            "it is used instead of the request's Content-Type (a generated client sends "
+            "a raw body as application/octet-stream)",
+            examples=["application/pdf"],
+            json_schema_extra={
+                "maxLength": objects.MAX_CONTENT_TYPE_LENGTH,
+                "pattern": objects.CONTENT_TYPE_PATTERN,
+            },
+        ),
+    ] = None,
     content_length: Annotated[int | None, Header(include_in_schema=False)] = None,
     content_md5: Annotated[str | None, Header(description="base64 MD5 of the body")] = None,
     content_digest: Annotated[
@@ -185,6 +227,11 @@ async def upload_object(
         Header(
             description="any unique string (a UUID): a retry with the same key, name and "
             "body answers with the object the first upload made, and makes nothing new",
+            json_schema_extra={
+                "minLength": 1,
+                "maxLength": 255,
+                "pattern": objects.IDEMPOTENCY_KEY_PATTERN,
+            },
         ),
     ] = None,
     callback_url: Annotated[
@@ -192,7 +239,13 @@ async def upload_object(
         Query(
             description="http(s) URL to POST the signed `object.verified` or "
             "`object.failed` event to when the object settles; unset: the tenant's "
-            "default, if any"
+            "default, if any. No credentials, no fragment, and no private, loopback or "
+            "link-local address (400 `invalid_callback_url`)",
+            json_schema_extra={
+                "format": "uri",
+                "maxLength": MAX_URL_LENGTH,
+                "pattern": CALLBACK_URL_PATTERN,
+            },
         ),
     ] = None,
 ) -> Response:
@@ -201,7 +254,7 @@ async def upload_object(
         caller.tenant,
         caller.key_prefix,
         name,
-        upload_body(request),
+        upload_body(request, content_type),
         content_length,
         objects.ClientDigests(content_md5, content_digest),
         idempotency_key,
@@ -220,6 +273,7 @@ async def upload_object(
 @router.get(
     "/v1/objects/{object_id}",
     operation_id="get_object",
+    tags=[OBJECTS_TAG],
     summary="Read an object's record",
     description="The record; `url` only once verified. While pending, `Retry-After` says "
     "when to ask again; `wait` long-polls until the object leaves `pending`.",
@@ -251,6 +305,7 @@ async def get_object(
 @router.delete(
     "/v1/objects/{object_id}",
     operation_id="delete_object",
+    tags=[OBJECTS_TAG],
     summary="Delete an object",
     description="The record's state becomes `deleted` at once and its URL is never "
     "handed out again; a pending object stops being worked on; the bytes are deleted "
@@ -270,6 +325,7 @@ async def delete_object(ctx: ContextDep, caller: CallerDep, object_id: str) -> R
 @router.get(
     "/v1/objects",
     operation_id="list_objects",
+    tags=[OBJECTS_TAG],
     summary="List objects, newest first",
     response_model=ObjectPage,
     responses={
@@ -282,9 +338,9 @@ async def delete_object(ctx: ContextDep, caller: CallerDep, object_id: str) -> R
 async def list_objects(
     ctx: ContextDep,
     caller: ReaderDep,
-    state: Literal["pending", "verified", "failed", "deleted"] | None = None,
-    limit: Annotated[int, Query(ge=1, le=1000)] = 50,
-    cursor: str | None = None,
+    state: Annotated[ObjectState | None, Query(description="only objects in this state")] = None,
+    limit: Annotated[int, Query(ge=1, le=1000, description="at most this many records")] = 50,
+    cursor: Annotated[str | None, Query(description="the `next_cursor` of the page before")] = None,
 ) -> ObjectPage:
     rows, next_cursor = await objects.list_objects(ctx, caller.tenant, state, limit, cursor)
     return ObjectPage(items=[to_record(row, ctx.settings) for row in rows], next_cursor=next_cursor)
@@ -316,6 +372,7 @@ def to_delivery(view: outbox.DeliveryView) -> Delivery:
 @router.get(
     "/v1/objects/{object_id}/deliveries",
     operation_id="list_deliveries",
+    tags=[WEBHOOKS_TAG],
     summary="List an object's webhook deliveries",
     description="Every event sent (or being sent) for the object, with each attempt's "
     "status, latency and error.",
@@ -334,6 +391,7 @@ async def list_deliveries(ctx: ContextDep, caller: ReaderDep, object_id: str) ->
 @router.post(
     "/v1/objects/{object_id}/deliveries/{number}/replay",
     operation_id="replay_delivery",
+    tags=[WEBHOOKS_TAG],
     summary="Send a webhook delivery again",
     description="Queues delivery `number` again as a new delivery, with the same "
     "`webhook-id` and body, signed anew; retried like any other.",
@@ -358,7 +416,13 @@ async def replay_delivery(
     return to_delivery(view)
 
 
-@router.get("/healthz", operation_id="health", summary="The process is up", response_model=Health)
+@router.get(
+    "/healthz",
+    operation_id="health",
+    tags=[SERVICE_TAG],
+    summary="The process is up",
+    response_model=Health,
+)
 async def healthz() -> Health:
     return Health(status="ok")
 
@@ -366,6 +430,7 @@ async def healthz() -> Health:
 @router.get(
     "/readyz",
     operation_id="readiness",
+    tags=[SERVICE_TAG],
     summary="The ledger and the store answer",
     response_model=Readiness,
     responses={503: {**PROBLEM, "description": "not_ready"}},

@@ -3,9 +3,20 @@
 from __future__ import annotations
 
 from datetime import datetime
+from enum import StrEnum
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
+
+
+class ObjectState(StrEnum):
+    """Where an object stands: `pending` until it is verified or has failed;
+    `deleted` once a client deleted it."""
+
+    PENDING = "pending"
+    VERIFIED = "verified"
+    FAILED = "failed"
+    DELETED = "deleted"
 
 
 class ErrorInfo(BaseModel):
@@ -53,7 +64,7 @@ class ObjectRecord(BaseModel):
     size: int
     sha256: str
     content_type: str
-    state: Literal["pending", "verified", "failed", "deleted"]
+    state: ObjectState
     url: str | None = Field(description="present only when state is verified")
     url_expires_at: datetime | None = Field(
         description="when a presigned URL stops working; null for public URLs"
@@ -134,3 +145,12 @@ class WebhookEvent(BaseModel):
     type: Literal["object.verified", "object.failed"]
     timestamp: datetime = Field(description="when the object settled")
     data: ObjectRecord
+
+
+class UploadForm(BaseModel):
+    """A browser form's upload: the object is the `file` field (its part's
+    Content-Type is kept)."""
+
+    model_config = ConfigDict(title="UploadForm")
+
+    file: bytes = Field(json_schema_extra={"format": "binary"})

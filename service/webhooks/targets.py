@@ -14,6 +14,8 @@ import socket
 from urllib.parse import SplitResult, urlsplit
 
 MAX_URL_LENGTH = 2048
+# what the OpenAPI document can say of a callback URL; the rest is checked here
+CALLBACK_URL_PATTERN = "^[Hh][Tt][Tt][Pp][Ss]?://[!-~]+$"
 IpAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 
