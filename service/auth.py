@@ -75,13 +75,14 @@ class Authenticator:
         self._open = False
 
     def is_open(self) -> bool:
-        """True while no key is configured at all (preset or in the ledger)."""
+        """True while no key has ever been configured (preset or in the ledger).
+        A revoked key still counts: revoking the last key must not open the API."""
         if self._preset:
             return False
         now = time.monotonic()
         if now - self._open_checked_at > OPEN_CHECK_SECONDS:
             with self._sessions() as session:
-                self._open = api_keys.active_count(session) == 0
+                self._open = api_keys.count_all(session) == 0
             self._open_checked_at = now
         return self._open
 

@@ -77,3 +77,7 @@ def not_found(detail: str = "no such object") -> ServiceError:
 
 def invalid_callback_url(detail: str) -> ServiceError:
     return ServiceError(400, "invalid_callback_url", detail)
+
+
+def object_deleted() -> ServiceError:
+    return ServiceError(409, "object_deleted", "the object is deleted: its events are not sent")

@@ -16,7 +16,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from starlette.concurrency import run_in_threadpool
 
 from service import errors
-from service.ledger import notify, repository, transitions
+from service.ledger import deliveries, notify, repository, transitions
 from service.ledger.models import DELETED, PENDING, STORING, ObjectRow
 from service.naming import name_problem, store_key
 from service.settings import Settings
@@ -361,6 +361,8 @@ async def delete_object(ctx: ObjectsContext, tenant: str, object_id: str) -> Obj
             if row is None or row.state == DELETED:
                 return row
             transitions.deleted(row, utcnow(), ctx.settings.LEASE_SECONDS)
+            # its URL is dead now: no event may still hand it out
+            deliveries.cancel_pending(session, row.id, "the object was deleted")
             # a worker still on a step of it can no longer record anything
             row.lease_token = repository.new_object_id()
             row.lease_owner = None

@@ -88,6 +88,14 @@ def test_keys_in_the_ledger_work_until_revoked(make_settings: Callable[..., Sett
 
                 assert api_keys.revoke(session, row.key_prefix, datetime.now(UTC)) == 1
             assert client.get("/v1/objects", headers=bearer(key)).status_code == 401
+            # the last key revoked does not open the API again, even once the
+            # "are there any keys?" answer has gone stale
+            import time
+
+            from service.auth import OPEN_CHECK_SECONDS
+
+            time.sleep(OPEN_CHECK_SECONDS + 0.2)
+            assert client.get("/v1/objects").status_code == 401
     finally:
         engine.dispose()
 

@@ -232,6 +232,20 @@ def test_rotation_overlap_ends(
         "http:///no-host",
         "https://hooks.example.com/x#frag",
         "http://hooks.example.com:99999/x",
+        "http://hooks.example.com:0/x",
+        "http://[::127.0.0.1]/x",
+        "http://[::ffff:0:7f00:1]/x",
+        "http://[64:ff9b::127.0.0.1]/x",
+        "http://[2002:7f00:1::]/x",
+        "http://[fec0::1]/x",
+        "http://[v1.x]/x",
+        "http://127.0.0.1./x",
+        "http://127.0.0.1%2e:8901/x",
+        "http://%31%32%37.0.0.1/x",
+        "http://127.0.0.1%00.example.com/x",
+        "http://2130706433/x",
+        "http://0x7f.1/x",
+        "HTTP://LOCALHOST./x",
         "https://hooks.example.com/a b",
         "not a url",
     ],
@@ -298,3 +312,67 @@ def test_the_callback_is_in_the_contract() -> None:
     paths = document["paths"]
     assert "get" in paths["/v1/objects/{object_id}/deliveries"]
     assert "post" in paths["/v1/objects/{object_id}/deliveries/{number}/replay"]
+
+
+def test_an_attempt_is_bounded_as_a_whole(
+    webhook_settings: Callable[..., Settings], receiver: Receiver
+) -> None:
+    """A receiver trickling its answer out (each read within the timeout) is cut
+    off at WEBHOOK_TIMEOUT_SECONDS, recorded, and retried; never sent twice at once."""
+    receiver.trickle_seconds = 3.0
+    settings = webhook_settings(WEBHOOK_TIMEOUT_SECONDS=0.5)
+    with TestClient(create_app(settings)) as client:
+        record = upload(client, "slow-receiver.txt", receiver.url).json()
+        got = receiver.wait_for(2)
+        receiver.trickle_seconds = 0.0
+        delivered = wait_delivered(client, record["id"])
+    assert len(got) >= 2
+    first = delivered["attempts"][0]
+    assert first["http_status"] is None and first["error"] == "no answer within 0.5 s"
+    assert first["latency_ms"] < 2000
+    assert delivered["state"] == "delivered"
+    assert delivered["attempts"][-1]["http_status"] == 200
+
+
+def test_deleting_an_object_ends_its_deliveries(
+    webhook_settings: Callable[..., Settings], receiver: Receiver
+) -> None:
+    receiver.script = [500] * 10_000
+    with TestClient(create_app(webhook_settings())) as client:
+        record = upload(client, "deleted-soon.txt", receiver.url).json()
+        receiver.wait_for(2)
+        assert client.delete(f"/v1/objects/{record['id']}").status_code == 200
+        [delivery] = deliveries(client, record["id"])
+        assert delivery["state"] == "failed" and delivery["next_attempt_at"] is None
+        import time
+
+        count = len(receiver.received)
+        time.sleep(1.0)
+        assert len(receiver.received) <= count + 1  # at most one already in flight
+        replay = client.post(f"/v1/objects/{record['id']}/deliveries/1/replay")
+        assert replay.status_code == 409 and replay.json()["code"] == "object_deleted"
+
+
+def test_an_attempt_goes_to_the_address_that_was_checked(
+    webhook_settings: Callable[..., Settings], receiver: Receiver
+) -> None:
+    """A name is resolved once per attempt and the POST goes to that address,
+    with the name in Host; a name that does not resolve is a failed attempt."""
+    url = f"http://localhost:{receiver.port}/hooks"
+    with TestClient(create_app(webhook_settings())) as client:
+        record = upload(client, "by-name.txt", url).json()
+        delivered = wait_delivered(client, record["id"])
+        unresolvable = upload(client, "nowhere.txt", "http://no-such-host.invalid/x").json()
+        import time
+
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            [pending] = deliveries(client, unresolvable["id"])
+            if pending["attempts"]:
+                break
+            time.sleep(0.05)
+    [got] = receiver.wait_for(1)
+    assert got.headers["host"] == f"localhost:{receiver.port}"
+    assert delivered["state"] == "delivered"
+    assert pending["state"] == "pending"
+    assert "does not resolve" in pending["attempts"][0]["error"]

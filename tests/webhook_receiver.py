@@ -25,6 +25,8 @@ class Receiver:
 
     port: int
     script: list[int] = field(default_factory=list)
+    # seconds over which the answer's headers trickle out, one line at a time
+    trickle_seconds: float = 0.0
     received: list[Received] = field(default_factory=list)
     _server: ThreadingHTTPServer | None = None
     _lock: threading.Lock = field(default_factory=threading.Lock)
@@ -41,6 +43,11 @@ class Receiver:
                     )
                     status = receiver.script.pop(0) if receiver.script else 200
                 self.send_response(status)
+                steps = int(receiver.trickle_seconds / 0.1)
+                for step in range(steps):
+                    self.send_header(f"x-slow-{step}", "x")
+                    self.flush_headers()
+                    time.sleep(0.1)
                 self.send_header("content-length", "0")
                 self.end_headers()
 

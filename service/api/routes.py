@@ -400,12 +400,14 @@ async def list_deliveries(ctx: ContextDep, caller: ReaderDep, object_id: str) ->
     responses={
         401: UNAUTHORIZED,
         404: {**PROBLEM, "description": "not_found: no such object or delivery"},
+        409: {**PROBLEM, "description": "object_deleted: a deleted object's events are not sent"},
         422: {**PROBLEM, "description": "invalid_request"},
+        429: RATE_LIMITED,
     },
 )
 async def replay_delivery(
     ctx: ContextDep,
-    caller: CallerDep,
+    caller: ReaderDep,  # charged like a read, so replays cannot be a flood
     object_id: str,
     number: Annotated[int, Path(ge=1, le=1_000_000)],
 ) -> Delivery:

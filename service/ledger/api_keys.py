@@ -25,8 +25,9 @@ def tenant_of(session: Session, key_hash: str) -> str | None:
     )
 
 
-def active_count(session: Session) -> int:
-    return int(session.scalar(select(func.count()).where(ApiKeyRow.revoked_at.is_(None))) or 0)
+def count_all(session: Session) -> int:
+    """Every key ever made, revoked ones too."""
+    return int(session.scalar(select(func.count()).select_from(ApiKeyRow)) or 0)
 
 
 def all_keys(session: Session) -> Sequence[ApiKeyRow]:

@@ -11,6 +11,7 @@ from sqlalchemy import func, literal, or_, select, update
 from sqlalchemy.orm import Session
 
 from service.ledger.models import (
+    DELIVERY_FAILED,
     DELIVERY_PENDING,
     DeliveryAttemptRow,
     DeliveryRow,
@@ -154,3 +155,21 @@ def record_attempt(
         return False
     session.add(attempt)
     return True
+
+
+def cancel_pending(session: Session, object_id: str, reason: str) -> int:
+    """Ends an object's pending deliveries; an attempt in flight can no longer
+    record anything (its lease token is gone)."""
+    result = session.execute(
+        update(DeliveryRow)
+        .where(DeliveryRow.object_id == object_id, DeliveryRow.state == DELIVERY_PENDING)
+        .values(
+            state=DELIVERY_FAILED,
+            last_error=reason,
+            lease_owner=None,
+            lease_token=None,
+            lease_expires_at=None,
+        )
+        .execution_options(synchronize_session=False)
+    )
+    return int(result.rowcount)  # type: ignore[attr-defined]

@@ -30,7 +30,7 @@ from service.ledger.models import (
 )
 from service.settings import Settings
 from service.webhooks import outbox, signing
-from service.webhooks.targets import CallbackRefused, check_callback_url
+from service.webhooks.targets import CallbackRefused, pinned_request
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -200,20 +200,30 @@ class Dispatcher:
         allow_private = self._settings.WEBHOOK_ALLOW_PRIVATE_NETWORKS
         start = time.monotonic()
         try:
-            # checked again before every attempt: a name may resolve elsewhere by now
-            await self._in_thread(lambda: check_callback_url(row.url, allow_private))
+            # checked again before every attempt, and sent to the address checked
+            url, host, extensions = await self._in_thread(
+                lambda: pinned_request(row.url, allow_private)
+            )
         except CallbackRefused as exc:
             return Outcome(None, f"refused: {exc}", 0.0)
         body = row.payload.encode()
         headers = signing.headers(
             outbox.signing_secrets(settings_row, utcnow()), row.webhook_id, int(time.time()), body
         )
-        headers.update({"content-type": "application/json", "user-agent": USER_AGENT})
+        headers.update({"content-type": "application/json", "user-agent": USER_AGENT, **host})
         try:
-            # the answer's body is never read: only its status counts
-            async with client.stream("POST", row.url, content=body, headers=headers) as answer:
-                status = answer.status_code
-        except httpx.HTTPError as exc:
+            # the whole attempt is bounded (a receiver trickling its answer out
+            # must not hold the slot past the lease), and the answer's body is
+            # never read: only its status counts
+            async with asyncio.timeout(self._settings.webhook_timeout_seconds):
+                async with client.stream(
+                    "POST", url, content=body, headers=headers, extensions=extensions
+                ) as answer:
+                    status = answer.status_code
+        except TimeoutError:
+            limit = self._settings.webhook_timeout_seconds
+            return Outcome(None, f"no answer within {limit:g} s", (time.monotonic() - start) * 1000)
+        except Exception as exc:  # any failure to send is this attempt's outcome
             error = f"{type(exc).__name__}: {exc}"[:MAX_ERROR_CHARS]
             return Outcome(None, error, (time.monotonic() - start) * 1000)
         latency_ms = (time.monotonic() - start) * 1000

@@ -19,6 +19,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from service import errors
 from service.ledger import deliveries, repository
 from service.ledger.models import (
+    DELETED,
     FAILED,
     VERIFIED,
     DeliveryAttemptRow,
@@ -170,6 +171,8 @@ def replay(
         obj = repository.lock_object(session, tenant, object_id)
         if obj is None:
             raise errors.not_found()
+        if obj.state == DELETED:
+            raise errors.object_deleted()
         original = deliveries.delivery(session, object_id, number)
         if original is None:
             raise errors.not_found(f"the object has no delivery {number}")
