@@ -7,7 +7,7 @@ import uuid
 from collections.abc import Sequence
 from datetime import datetime, timedelta
 
-from sqlalchemy import ColumnElement, and_, func, literal, or_, select, update
+from sqlalchemy import ColumnElement, and_, func, insert, literal, or_, select, update
 from sqlalchemy.orm import Session
 
 from service.ledger.models import DONE, PENDING, PURGING, VERIFIED, EventRow, ObjectRow
@@ -210,21 +210,27 @@ def add_events(
     worker: str,
     outcome_override: str | None = None,
 ) -> None:
-    for call in calls:
-        session.add(
-            EventRow(
-                object_id=object_id,
-                at=at,
-                round=round_number,
-                action=call.action,
-                outcome=outcome_override or call.outcome,
-                error_code=call.error_code,
-                detail=call.detail,
-                http_status=call.http_status,
-                latency_ms=round(call.latency_seconds * 1000, 3),
-                worker=worker,
-            )
-        )
+    if not calls:
+        return
+    # one INSERT (executemany) without the unit of work: events are never read back here
+    session.execute(
+        insert(EventRow),
+        [
+            {
+                "object_id": object_id,
+                "at": at,
+                "round": round_number,
+                "action": call.action,
+                "outcome": outcome_override or call.outcome,
+                "error_code": call.error_code,
+                "detail": call.detail,
+                "http_status": call.http_status,
+                "latency_ms": round(call.latency_seconds * 1000, 3),
+                "worker": worker,
+            }
+            for call in calls
+        ],
+    )
 
 
 def events_for(session: Session, object_id: str) -> Sequence[EventRow]:
