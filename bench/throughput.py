@@ -143,6 +143,8 @@ class Bench:
             (args.small_bytes, args.small_objects),
             (args.large_bytes, args.large_objects),
         ):
+            if count == 0:
+                continue
             bodies = [os.urandom(size) for _ in range(count)]
             for concurrency in args.concurrency:
                 pair = Pair()
