@@ -53,6 +53,7 @@ def create_app(
                 settlements=runtime.settlements,
                 wake_verifier=runtime.verifier.wake if run_worker else lambda: None,
                 bucket=settings.BUCKET,
+                origin=runtime.origin,
             )
             app.state.verifier = runtime.verifier
             app.state.authenticator = Authenticator(
