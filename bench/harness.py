@@ -182,6 +182,17 @@ def start_proxy(
     return Started(process, url)
 
 
+def start_store(processes: Processes, latency_seconds: float = 0.0) -> tuple[Started, Started]:
+    """moto's server, and what both sides of a comparison talk to: moto itself, or
+    with `latency_seconds` > 0 the chaos proxy (profile none) adding that to every
+    request, as a store across a network would. Returns (moto, endpoint)."""
+    moto = start_moto(processes)
+    if latency_seconds <= 0:
+        return moto, moto
+    proxy = start_proxy(processes, moto.url, settings=[f"latency_seconds={latency_seconds}"])
+    return moto, proxy
+
+
 def service_env(
     *,
     database_url: str,

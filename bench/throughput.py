@@ -102,10 +102,10 @@ class Bench:
         with harness.ledger(args.ledger, self.work, "throughput") as database_url:
             self.database_url = database_url
             try:
-                moto = harness.start_moto(self.processes)
+                moto, store = harness.start_store(self.processes, args.store_latency_seconds)
                 env = harness.service_env(
                     database_url=database_url,
-                    endpoint_url=moto.url,
+                    endpoint_url=store.url,
                     bucket=self.bucket,
                     spool_dir=self.work / "spool",
                     profile="strong",
@@ -114,7 +114,7 @@ class Bench:
                 )
                 service = harness.start_service(self.processes, env)
                 self.moto, self.service = moto, service
-                self.s3 = harness.s3_client(moto.url, max_pool_connections=args.worker_concurrency)
+                self.s3 = harness.s3_client(store.url, max_pool_connections=args.worker_concurrency)
                 headers = {"Content-Type": "application/octet-stream"}
                 if args.api_key:
                     headers["Authorization"] = f"Bearer {args.api_key}"
@@ -125,6 +125,8 @@ class Bench:
                     base_url=service.url, headers=headers, timeout=120, limits=limits
                 )
                 self.meter_pids = {"service": service.pid, "moto": moto.pid}
+                if store is not moto:
+                    self.meter_pids["proxy"] = store.pid
                 return self._measure()
             except BaseException:
                 self.processes.print_logs()
@@ -247,6 +249,15 @@ class Bench:
 # ---------------------------------------------------------------- report
 
 
+def latency_note(args: argparse.Namespace) -> str:
+    if args.store_latency_seconds <= 0:
+        return ", reached directly"
+    return (
+        f", reached by both through chaos-proxy --profile none adding "
+        f"{args.store_latency_seconds * 1000:.0f} ms to every request"
+    )
+
+
 def print_setup(args: argparse.Namespace) -> None:
     print("bench/throughput.py: objects through the service vs a direct boto3 client, one run")
     for line in harness.machine_lines():
@@ -257,7 +268,7 @@ def print_setup(args: argparse.Namespace) -> None:
     )
     print(f"  concurrency     {', '.join(map(str, args.concurrency))} client threads")
     print(f"  rounds          {args.rounds} per configuration, alternating which side goes first")
-    print("  store           moto server, own process, shared by both sides")
+    print("  store           moto server, own process, shared by both sides" + latency_note(args))
     print(
         f"  direct          boto3, one shared client, max_pool_connections "
         f"{args.worker_concurrency}, retries off; MD5 + PUT (Content-MD5) + HEAD (size, ETag)"
@@ -290,6 +301,8 @@ def print_results(results: list[tuple[int, int, Pair]], args: argparse.Namespace
     print()
     print("CPU ms per object (all threads of each process; client = this script):")
     names = ("client", "service", "moto", "postgres")
+    if args.store_latency_seconds > 0:
+        names = (*names, "proxy")
     print(
         f"{'size':>7} {'conc':>4} {'side':>8} | " + " ".join(f"{n:>8}" for n in names) + " | total"
     )
@@ -317,7 +330,8 @@ def print_results(results: list[tuple[int, int, Pair]], args: argparse.Namespace
             continue
         print(
             f"target: service/direct >= {target} for {harness.size_label(size)} at concurrency "
-            f"{top} -> {ratio:.2f}: {harness.verdict(ratio >= target)}"
+            f"{top} -> {ratio:.2f}: {harness.verdict(ratio >= target)} (store"
+            f"{latency_note(args).removeprefix(',')})"
         )
     return ok
 
@@ -334,6 +348,12 @@ def main() -> int:
     parser.add_argument("--worker-concurrency", type=int, default=16, help="service and pool")
     parser.add_argument("--rounds", type=int, default=1, help="phases per side and configuration")
     parser.add_argument("--ledger", choices=("postgresql", "sqlite"), default="postgresql")
+    parser.add_argument(
+        "--store-latency-seconds",
+        type=float,
+        default=0.0,
+        help="both sides reach moto through the chaos proxy adding this to every request",
+    )
     parser.add_argument(
         "--service-setting",
         action="append",
