@@ -46,6 +46,7 @@ class Counted:
     verified: int = 0
     proxy: Counter[str] = field(default_factory=Counter)
     ledger: Counter[str] = field(default_factory=Counter)
+    cpu: dict[str, float] = field(default_factory=dict)
 
     def per_object(self, counter: Counter[str]) -> dict[str, float]:
         return {k: v / max(1, self.verified) for k, v in sorted(counter.items())}
@@ -145,9 +146,13 @@ def main() -> int:
                             if count == 0:
                                 continue
                             names = [f"{profile}/{kind}-{i:05d}" for i in range(count)]
+                            meter = harness.CpuMeter(
+                                {"service": service.pid, "moto": moto.pid, "proxy": proxy.pid}
+                            )
+                            meter.start()
                             done = upload_all(http, names, size, args.concurrency)
                             records.update(done)
-                            counted = Counted(profile, kind, count)
+                            counted = Counted(profile, kind, count, cpu=meter.stop())
                             counted.verified = sum(r["state"] == "verified" for r in done.values())
                             keys_by_kind[kind] = {str(r["key"]) for r in done.values()}
                             ids_by_kind[kind] = [str(r["id"]) for r in done.values()]
@@ -231,6 +236,13 @@ def report(results: list[Counted], unowned: dict[str, Counter[str]]) -> int:
             f"{k} {v:.2f}" for k, v in counted.per_object(counted.ledger).items()
         )
         print(f"  {counted.profile:>8} {counted.kind:>9}: {proxy_text} | {ledger_text}")
+    print()
+    print("CPU ms per object (all threads of each process; client = this script):")
+    names = ("client", "service", "moto", "proxy")
+    print(f"  {'profile':>8} {'kind':>9} " + " ".join(f"{n:>8}" for n in names))
+    for counted in results:
+        cells = [1000 * counted.cpu.get(n, 0.0) / max(1, counted.objects) for n in names]
+        print(f"  {counted.profile:>8} {counted.kind:>9} " + " ".join(f"{c:>8.2f}" for c in cells))
     print()
     for profile, other in unowned.items():
         text = ", ".join(f"{k} x{v}" for k, v in sorted(other.items())) or "none"
