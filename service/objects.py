@@ -189,10 +189,13 @@ async def accept_upload(
                 if idempotency_key is not None
                 else None
             )
-            # a retry's name is held by its own earlier upload: that is no conflict
-            if earlier is None and repository.live_name_exists(session, tenant, name):
+            if earlier is not None:
+                # a retry's name is held by its own earlier upload: that is no conflict
+                return True, repository.pending_bytes(session)
+            taken, held = repository.live_name_and_pending_bytes(session, tenant, name)
+            if taken:
                 raise errors.name_taken(name)
-            return earlier is not None, repository.pending_bytes(session)
+            return False, held
 
     is_retry, held = await run_in_threadpool(precheck)
     reservation = ctx.spool_reservations.open(settings.SPOOL_MAX_BYTES - held)
