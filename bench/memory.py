@@ -25,6 +25,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 
 import harness
@@ -155,6 +156,7 @@ def measure(args: argparse.Namespace, http: httpx.Client, pid: int, moto_pid: in
     sampler.start()
     cpu.start()
     started = time.perf_counter()
+    started_wall = datetime.now(UTC)
     answer = http.post(
         "/v1/objects",
         params={"name": "large/object", "wait": 30},
@@ -183,6 +185,14 @@ def measure(args: argparse.Namespace, http: httpx.Client, pid: int, moto_pid: in
         f"({size / 1e6 / (accepted_at - started):.0f} MB/s)"
     )
     print(f"to verified              {verified_at - started:8.2f} s")
+    created = datetime.fromisoformat(record["created_at"])
+    if record.get("verified_at"):
+        verified = datetime.fromisoformat(record["verified_at"])
+        print(
+            f"  of which spooling      {(created - started_wall).total_seconds():8.2f} s "
+            f"(received, hashed, written); storing in parts and the check "
+            f"{(verified - created).total_seconds():.2f} s"
+        )
     print(f"service idle RSS         {mib(idle)}")
     print(
         f"service peak RSS         {mib(peak)}  "
