@@ -346,7 +346,7 @@ def main() -> int:
         "--concurrency", type=lambda s: [int(v) for v in s.split(",")], default=[1, 16]
     )
     parser.add_argument("--worker-concurrency", type=int, default=16, help="service and pool")
-    parser.add_argument("--rounds", type=int, default=1, help="phases per side and configuration")
+    parser.add_argument("--rounds", type=int, default=2, help="phases per side and configuration")
     parser.add_argument("--ledger", choices=("postgresql", "sqlite"), default="postgresql")
     parser.add_argument(
         "--store-latency-seconds",
