@@ -442,6 +442,15 @@ def machine_lines() -> list[str]:
     ]
 
 
+def pools_line(worker_concurrency: int) -> str:
+    """The service's pools as `service.runtime` sizes them from WORKER_CONCURRENCY."""
+    return (
+        f"pools           service: boto3 {worker_concurrency + 8} connections, ledger "
+        f"{worker_concurrency + 4} (+{worker_concurrency + 4} overflow), verifier threads "
+        f"{worker_concurrency + 4}, request threads 40 (anyio's default)"
+    )
+
+
 def size_label(size: int) -> str:
     for unit, factor in (("GiB", 1024**3), ("MiB", MIB), ("KiB", 1024)):
         if size >= factor and size % factor == 0:

@@ -36,6 +36,7 @@ GIB = 1024**3
 CHUNK_BYTES = MIB
 SAMPLE_SECONDS = 0.01
 TARGET_ADDED_BYTES = 64 * MIB
+IDLE_SETTLE_SECONDS = 0.5  # after the warm-up, before the idle RSS is taken
 
 
 class Sampler(threading.Thread):
@@ -107,6 +108,7 @@ def main() -> int:
         + (f"; {', '.join(args.service_setting)}" if args.service_setting else "")
     )
     print("  store           moto server, own process (not counted in the service)")
+    print(f"  {harness.pools_line(16)}")
     print(
         f"  disk            {work} : {disk.free / GIB:.1f} GiB free of {disk.total / GIB:.1f} GiB "
         f"(the spool needs {harness.size_label(args.object_bytes)})"
@@ -148,7 +150,7 @@ def measure(args: argparse.Namespace, http: httpx.Client, pid: int, moto_pid: in
     warm = http.post("/v1/objects", params={"name": "warm-up", "wait": 30}, content=b"x" * 1024)
     if warm.status_code != 201:
         raise RuntimeError(f"warm-up: {warm.status_code} {warm.text[:300]}")
-    time.sleep(1.0)
+    time.sleep(IDLE_SETTLE_SECONDS)
     idle = harness.rss_bytes(pid)
     reset = harness.reset_peak_rss(pid)
     cpu = harness.CpuMeter({"service": pid, "moto": moto_pid})

@@ -86,6 +86,12 @@ def main() -> int:
     parser.add_argument("--multipart-objects", type=int, default=1, help="per profile")
     parser.add_argument("--multipart-bytes", type=int, default=80 * MIB)
     parser.add_argument("--concurrency", type=int, default=4)
+    parser.add_argument(
+        "--profiles",
+        type=lambda text: text.split(","),
+        default=list(PROFILES),
+        help="strong,eventual",
+    )
     parser.add_argument("--ledger", choices=("postgresql", "sqlite"), default="postgresql")
     parser.add_argument("--api-key", default=None)
     parser.add_argument("--timeout-seconds", type=int, default=1200)
@@ -103,9 +109,10 @@ def main() -> int:
     )
     print("  store           moto server behind chaos-proxy --profile none --log FILE")
     print(
-        f"  service         serve, profiles {', '.join(PROFILES)} (defaults: strong 1 check, "
+        f"  service         serve, profiles {', '.join(args.profiles)} (defaults: strong 1 check, "
         f"eventual 11 checks over 120 s), ledger {args.ledger}, a fresh service per profile"
     )
+    print(f"  {harness.pools_line(16)}")
     print(flush=True)
 
     work = Path(tempfile.mkdtemp(prefix="bench-rpo-"))
@@ -122,7 +129,7 @@ def main() -> int:
                 headers = {"Content-Type": "application/octet-stream"}
                 if args.api_key:
                     headers["Authorization"] = f"Bearer {args.api_key}"
-                for profile in PROFILES:
+                for profile in args.profiles:
                     start_line = count_lines(proxy_log)
                     env = harness.service_env(
                         database_url=database_url,

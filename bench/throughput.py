@@ -267,6 +267,7 @@ def print_setup(args: argparse.Namespace) -> None:
         f"{args.large_objects} x {harness.size_label(args.large_bytes)}, random, in memory"
     )
     print(f"  concurrency     {', '.join(map(str, args.concurrency))} client threads")
+    print(f"  {harness.pools_line(args.worker_concurrency)}")
     print(f"  rounds          {args.rounds} per configuration, alternating which side goes first")
     print("  store           moto server, own process, shared by both sides" + latency_note(args))
     print(

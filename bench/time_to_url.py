@@ -90,6 +90,7 @@ def main() -> int:
         f"ledger {args.ledger}; POST ...&wait={WAIT_SECONDS}, timed to the 201 with its URL"
         + (f"; {', '.join(args.service_setting)}" if args.service_setting else "")
     )
+    print(f"  {harness.pools_line(args.worker_concurrency)}")
     print(flush=True)
 
     work = Path(tempfile.mkdtemp(prefix="bench-ttu-"))

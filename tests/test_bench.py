@@ -19,7 +19,14 @@ TINY = {
         "2",
     ],
     "time_to_url.py": ["--samples", "3", "--warmup", "1", "--object-bytes", "1000"],
-    "requests_per_object.py": ["--objects", "2", "--multipart-objects", "0"],
+    "requests_per_object.py": [
+        "--objects",
+        "2",
+        "--multipart-objects",
+        "0",
+        "--profiles",
+        "strong",
+    ],
     "memory.py": ["--object-bytes", "3000000"],
 }
 
