@@ -12,11 +12,11 @@ direct side computes the body's MD5, PUTs it with Content-MD5, HEADs it and
 compares size and ETag (the check the service makes).
 
 Besides p50 and p99 it splits the service's time using the ledger: from the
-POST's start to the row's `created_at` (body spooled, row committed), from
-there to `verified_at` (the verifier's claim, PUT, HEAD and its writes; the
-store requests' own latency as the verifier recorded it in the events), and
-from `verified_at` to the answer (the waiting request woken, the record read
-and sent).
+POST's start to the row's `created_at` (the body received and spooled, its
+name checked), from there to `verified_at` (the row committed, the verifier's
+claim, the PUT, its record, the HEAD; the store requests' own latency as the
+verifier recorded it in the events), and from `verified_at` to the answer (the
+`verified` row committed, the waiting request woken, the record sent).
 """
 
 from __future__ import annotations
@@ -243,8 +243,8 @@ def measure(
     print()
     print("the service's time, split by the ledger (ms):")
     for label, values in (
-        ("POST start -> row committed", accept),
-        ("committed -> verified_at", verify),
+        ("POST start -> spooled", accept),
+        ("spooled -> verified_at", verify),
         ("  of which PUT + HEAD", store),
         ("verified_at -> answer", answer_ms),
     ):
