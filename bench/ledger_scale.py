@@ -32,12 +32,9 @@ import random
 import re
 import shutil
 import signal
-import socket
-import subprocess
 import sys
 import tempfile
 import time
-import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -46,17 +43,16 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
+import harness
 import httpx
 import psycopg
+from harness import Processes, Timeout, percentile, pg_url
 from psycopg import sql
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.orm import Session
 
 from service.ledger import repository
-from service.ledger.database import migrate
 
-BIN = Path(sys.executable).parent
-PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
 PG_PREFIX = "bench_scale_"
 TENANT = "default"
 BUCKET = "bench-scale"
@@ -128,79 +124,6 @@ LATERAL (
 """
 
 
-class Timeout(Exception):
-    pass
-
-
-# ---------------------------------------------------------------- processes
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-class Processes:
-    """Every process this script starts; `stop_all` ends each by its own id."""
-
-    def __init__(self, work: Path, env: dict[str, str]) -> None:
-        self.work = work
-        self.env = env
-        self.running: list[subprocess.Popen[bytes]] = []
-
-    def start(
-        self, command: list[str], log_name: str, extra: dict[str, str] | None = None
-    ) -> subprocess.Popen[bytes]:
-        with (self.work / log_name).open("wb") as out:
-            process = subprocess.Popen(
-                command,
-                cwd=self.work,
-                env={**self.env, **(extra or {})},
-                stdout=out,
-                stderr=subprocess.STDOUT,
-            )
-        self.running.append(process)
-        return process
-
-    def stop_all(self) -> None:
-        for process in reversed(self.running):
-            if process.poll() is None:
-                process.send_signal(signal.SIGTERM)
-        for process in self.running:
-            try:
-                process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait(timeout=10)
-        self.running.clear()
-
-
-def wait_http(url: str, process: subprocess.Popen[bytes], timeout_seconds: float = 60) -> None:
-    deadline = time.monotonic() + timeout_seconds
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"{process.args!r} exited with {process.returncode}")
-        try:
-            httpx.get(url, timeout=1)
-            return
-        except httpx.HTTPError:
-            time.sleep(0.1)
-    raise Timeout(f"{url} did not answer within {timeout_seconds} s")
-
-
-# ---------------------------------------------------------------- the ledgers
-
-
-def pg_url(database: str, driver: str = "postgresql") -> str:
-    return f"{driver}://postgres@127.0.0.1:5432/{database}"
-
-
-def admin(statement: str) -> None:
-    with psycopg.connect(PG_ADMIN, autocommit=True) as connection:
-        connection.execute(statement.encode())
-
-
 @dataclass
 class Ledger:
     label: str
@@ -218,19 +141,6 @@ class Ledger:
 
     def object_id(self, index: int) -> str:
         return hashlib.md5(f"bench-{index}".encode()).hexdigest()
-
-
-@contextmanager
-def throwaway_databases(labels: list[str]) -> Iterator[list[str]]:
-    names = [f"{PG_PREFIX}{os.getpid()}_{uuid.uuid4().hex[:6]}_{label}" for label in labels]
-    try:
-        for name in names:
-            admin(f'CREATE DATABASE "{name}"')
-            migrate(pg_url(name, "postgresql+psycopg"))
-        yield names
-    finally:
-        for name in names:
-            admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 def fill(ledger: Ledger, pending_every: int, failed_every: int) -> None:
@@ -269,11 +179,6 @@ def fill(ledger: Ledger, pending_every: int, failed_every: int) -> None:
 
 
 # ---------------------------------------------------------------- measuring
-
-
-def percentile(values: list[float], fraction: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
 
 
 def interleaved(
@@ -523,15 +428,10 @@ def main() -> int:
     signal.alarm(args.timeout_seconds)
     print_setup(args)
     work = Path(tempfile.mkdtemp(prefix="bench-scale-"))
-    env = {
-        **{k: v for k, v in os.environ.items() if not k.startswith("VERIFIED_URLS_")},
-        "AWS_ACCESS_KEY_ID": "testing",
-        "AWS_SECRET_ACCESS_KEY": "testing",
-    }
-    processes = Processes(work, env)
+    processes = Processes(work, harness.base_env())
     small_label, large_label = f"{args.small_rows:,}", f"{args.large_rows:,}"
     try:
-        with throwaway_databases(["small", "large"]) as (small_db, large_db):
+        with harness.throwaway_databases(PG_PREFIX, ["small", "large"]) as (small_db, large_db):
             ledgers = [
                 Ledger(small_label, args.small_rows, small_db),
                 Ledger(large_label, args.large_rows, large_db),
@@ -545,42 +445,21 @@ def main() -> int:
                     flush=True,
                 )
 
-            moto_port = free_port()
-            moto = processes.start(
-                [str(BIN / "python"), "-m", "moto.server", "-H", "127.0.0.1", "-p", str(moto_port)],
-                "moto.log",
-            )
-            moto_url = f"http://127.0.0.1:{moto_port}"
-            wait_http(moto_url + "/moto-api/", moto)
+            moto = harness.start_moto(processes)
             for ledger in ledgers:
-                port = free_port()
-                api = processes.start(
-                    [
-                        str(BIN / "verified-urls"),
-                        "serve",
-                        "--no-worker",
-                        "--host",
-                        "127.0.0.1",
-                        "--port",
-                        str(port),
-                        "--log-level",
-                        "warning",
-                    ],
-                    f"api-{ledger.rows}.log",
-                    {
-                        "VERIFIED_URLS_DATABASE_URL": ledger.url,
-                        "VERIFIED_URLS_S3_ENDPOINT_URL": moto_url,
-                        "VERIFIED_URLS_BUCKET": BUCKET,
-                        "VERIFIED_URLS_SPOOL_DIR": str(work / f"spool-{ledger.rows}"),
-                        "VERIFIED_URLS_PROFILE": "strong",
-                        # it measures the ledger, not the per-tenant read limit
-                        "VERIFIED_URLS_TENANT_READS_PER_SECOND": "0",
-                        "VERIFIED_URLS_AWS_ACCESS_KEY_ID": "testing",
-                        "VERIFIED_URLS_AWS_SECRET_ACCESS_KEY": "testing",
-                    },
+                env = harness.service_env(
+                    database_url=ledger.url,
+                    endpoint_url=moto.url,
+                    bucket=BUCKET,
+                    spool_dir=work / f"spool-{ledger.rows}",
+                    profile="strong",
+                    # it measures the ledger, not the per-tenant read limit
+                    TENANT_READS_PER_SECOND=0,
                 )
-                ledger.api_url = f"http://127.0.0.1:{port}"
-                wait_http(ledger.api_url + "/healthz", api)
+                api = harness.start_service(
+                    processes, env, worker=False, log_name=f"api-{ledger.rows}.log"
+                )
+                ledger.api_url = api.url
                 ledger.engine = create_engine(ledger.url, pool_size=2)
 
             read_timings = status_reads(ledgers, args.reads, args.warmup, args.api_key, args.seed)

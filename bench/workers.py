@@ -29,144 +29,38 @@ import argparse
 import os
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
-import uuid
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from types import FrameType
 from typing import Any
 
+import harness
 import httpx
 import psycopg
+from harness import (
+    Processes,
+    Timeout,
+    machine_cpu,
+    percentile,
+    pg_url,
+    process_cpu_seconds,
+)
 
-from service.ledger.database import migrate
 from service.ledger.notify import WORK_CHANNEL
 
-BIN = Path(sys.executable).parent
-PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
+BIN = harness.BIN
 PG_PREFIX = "bench_workers_"
 WORKER_COUNTS = (1, 2, 4)
 HOLD_SECONDS = 3600  # the backlog is due this far ahead until it is released
 POLL_SECONDS = 0.05
-CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 READY_MARK = " running: profile "  # the worker's log line once its verifier runs
-
-
-class Timeout(Exception):
-    pass
-
-
-# ---------------------------------------------------------------- processes
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-class Processes:
-    """Every process this script starts; `stop_all` ends each by its own id."""
-
-    def __init__(self, work: Path, env: dict[str, str]) -> None:
-        self.work = work
-        self.env = env
-        self.running: list[subprocess.Popen[bytes]] = []
-
-    def start(
-        self, command: list[str], log_name: str, extra: dict[str, str] | None = None
-    ) -> subprocess.Popen[bytes]:
-        with (self.work / log_name).open("wb") as out:
-            process = subprocess.Popen(
-                command,
-                cwd=self.work,
-                env={**self.env, **(extra or {})},
-                stdout=out,
-                stderr=subprocess.STDOUT,
-            )
-        self.running.append(process)
-        return process
-
-    def stop(self, process: subprocess.Popen[bytes], timeout_seconds: float = 20) -> int:
-        if process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-            try:
-                process.wait(timeout=timeout_seconds)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait(timeout=10)
-        if process in self.running:
-            self.running.remove(process)
-        return int(process.returncode)
-
-    def stop_all(self) -> None:
-        for process in reversed(list(self.running)):
-            try:
-                self.stop(process)
-            except Exception as exc:
-                print(f"could not stop {process.args!r}: {exc}", file=sys.stderr)
-
-
-def wait_http(url: str, process: subprocess.Popen[bytes], timeout_seconds: float = 60) -> None:
-    deadline = time.monotonic() + timeout_seconds
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"{process.args!r} exited with {process.returncode}")
-        try:
-            httpx.get(url, timeout=1)
-            return
-        except httpx.HTTPError:
-            time.sleep(0.1)
-    raise Timeout(f"{url} did not answer within {timeout_seconds} s")
-
-
-def process_cpu_seconds(pid: int) -> float:
-    """User + system CPU of a process (all its threads) so far; 0 once it is gone."""
-    try:
-        text = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return 0.0
-    fields = text.rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
-
-
-def machine_cpu() -> tuple[int, int]:
-    """(busy, total) clock ticks over all cores since boot."""
-    values = [int(v) for v in Path("/proc/stat").read_text().splitlines()[0].split()[1:9]]
-    idle = values[3] + values[4]
-    return sum(values) - idle, sum(values)
-
-
-# ---------------------------------------------------------------- PostgreSQL
-
-
-def pg_url(database: str, driver: str = "postgresql") -> str:
-    return f"{driver}://postgres@127.0.0.1:5432/{database}"
-
-
-def admin(sql: str) -> None:
-    with psycopg.connect(PG_ADMIN, autocommit=True) as connection:
-        connection.execute(sql.encode())
-
-
-@contextmanager
-def throwaway_database(tag: str) -> Iterator[str]:
-    name = f"{PG_PREFIX}{os.getpid()}_{uuid.uuid4().hex[:6]}_{tag}"
-    admin(f'CREATE DATABASE "{name}"')
-    try:
-        migrate(pg_url(name, "postgresql+psycopg"))
-        yield name
-    finally:
-        admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 def backend_cpu(connection: psycopg.Connection[Any]) -> dict[int, float]:
@@ -207,13 +101,6 @@ class RunResult:
     @property
     def slots(self) -> int:
         return self.workers * self.concurrency
-
-
-def percentile(values: list[float], fraction: float) -> float:
-    if not values:
-        return float("nan")
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
 
 
 def upload_backlog(base_url: str, objects: int, size: int, api_key: str | None, tag: str) -> float:
@@ -257,67 +144,30 @@ def run_once(
     work.mkdir()
     processes = Processes(work, base_env)
     try:
-        with throwaway_database(tag) as database:
-            moto_port, proxy_port, api_port = free_port(), free_port(), free_port()
-            moto = processes.start(
-                [str(BIN / "python"), "-m", "moto.server", "-H", "127.0.0.1", "-p", str(moto_port)],
-                "moto.log",
+        with harness.throwaway_database(PG_PREFIX, tag) as database:
+            moto = harness.start_moto(processes)
+            proxy = harness.start_proxy(
+                processes, moto.url, settings=[f"latency_seconds={args.latency_seconds}"]
             )
-            moto_url = f"http://127.0.0.1:{moto_port}"
-            wait_http(moto_url + "/moto-api/", moto)
-            proxy = processes.start(
-                [
-                    str(BIN / "verified-urls"),
-                    "chaos-proxy",
-                    "--upstream",
-                    moto_url,
-                    "--listen",
-                    f"127.0.0.1:{proxy_port}",
-                    "--profile",
-                    "none",
-                    "--set",
-                    f"latency_seconds={args.latency_seconds}",
-                ],
-                "proxy.log",
-            )
-            proxy_url = f"http://127.0.0.1:{proxy_port}"
-            wait_http(proxy_url + "/_chaos/stats", proxy)
-
-            service_env = {
-                "VERIFIED_URLS_DATABASE_URL": pg_url(database, "postgresql+psycopg"),
-                "VERIFIED_URLS_S3_ENDPOINT_URL": proxy_url,
-                "VERIFIED_URLS_BUCKET": f"bench-workers-{uuid.uuid4().hex[:8]}",
-                "VERIFIED_URLS_SPOOL_DIR": str(work / "spool"),
-                "VERIFIED_URLS_PROFILE": "strong",
-                "VERIFIED_URLS_WORKER_CONCURRENCY": str(args.worker_concurrency),
-                "VERIFIED_URLS_AWS_ACCESS_KEY_ID": "testing",
-                "VERIFIED_URLS_AWS_SECRET_ACCESS_KEY": "testing",
-            }
+            extra: dict[str, object] = {"WORKER_CONCURRENCY": args.worker_concurrency}
             if args.poll_seconds is not None:
-                service_env["VERIFIED_URLS_WORKER_POLL_SECONDS"] = str(args.poll_seconds)
+                extra["WORKER_POLL_SECONDS"] = args.poll_seconds
+            service_env = harness.service_env(
+                database_url=pg_url(database, "postgresql+psycopg"),
+                endpoint_url=proxy.url,
+                bucket=harness.unique_bucket("bench-workers"),
+                spool_dir=work / "spool",
+                profile="strong",
+                **extra,
+            )
 
             # The backlog, through the API, with no verifier anywhere.
-            api = processes.start(
-                [
-                    str(BIN / "verified-urls"),
-                    "serve",
-                    "--no-worker",
-                    "--host",
-                    "127.0.0.1",
-                    "--port",
-                    str(api_port),
-                    "--log-level",
-                    "warning",
-                ],
-                "api.log",
-                service_env,
-            )
-            api_url = f"http://127.0.0.1:{api_port}"
-            wait_http(api_url + "/healthz", api)
+            api = harness.start_service(processes, service_env, worker=False, log_name="api.log")
+            api_url = api.url
             upload_seconds = upload_backlog(
                 api_url, args.objects, args.object_bytes, args.api_key, tag
             )
-            if processes.stop(api) != 0:
+            if processes.stop(api.process) != 0:
                 raise RuntimeError("the API process did not stop cleanly")
 
             with psycopg.connect(pg_url(database), autocommit=True) as ledger:
@@ -347,7 +197,7 @@ def run_once(
                 cpu_before = {name: process_cpu_seconds(pid) for name, pid in watched.items()}
                 pg_before = backend_cpu(ledger)
                 busy_before, total_before = machine_cpu()
-                proxy_before = httpx.get(proxy_url + "/_chaos/stats").json()["requests"]["total"]
+                proxy_before = httpx.get(proxy.url + "/_chaos/stats").json()["requests"]["total"]
 
                 with ledger.transaction():
                     ledger.execute(
@@ -382,7 +232,7 @@ def run_once(
                 busy_after, total_after = machine_cpu()
                 cpu_after = {name: process_cpu_seconds(pid) for name, pid in watched.items()}
                 pg_after = backend_cpu(ledger)
-                proxy_after = httpx.get(proxy_url + "/_chaos/stats").json()["requests"]["total"]
+                proxy_after = httpx.get(proxy.url + "/_chaos/stats").json()["requests"]["total"]
 
                 summary = ledger.execute(
                     "SELECT count(*) FILTER (WHERE state = 'verified'),"
@@ -561,11 +411,7 @@ def main() -> int:
     signal.alarm(args.timeout_seconds)
     print_setup(args)
     work_root = Path(tempfile.mkdtemp(prefix="bench-workers-"))
-    base_env = {
-        **{k: v for k, v in os.environ.items() if not k.startswith("VERIFIED_URLS_")},
-        "AWS_ACCESS_KEY_ID": "testing",
-        "AWS_SECRET_ACCESS_KEY": "testing",
-    }
+    base_env = harness.base_env()
     results: list[RunResult] = []
     try:
         for workers in WORKER_COUNTS:

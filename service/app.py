@@ -53,6 +53,7 @@ def create_app(
                 wake_verifier=runtime.verifier.wake if run_worker else lambda: None,
                 bucket=settings.BUCKET,
                 wake_dispatcher=runtime.dispatcher.wake if run_worker else lambda: None,
+                origin=runtime.origin,
             )
             app.state.verifier = runtime.verifier
             app.state.authenticator = Authenticator(

@@ -27,6 +27,8 @@ from service.webhooks.targets import CallbackRefused, check_callback_url
 
 # how often a waiting client re-reads the ledger, for objects settled elsewhere
 WAIT_RECHECK_SECONDS = 1.0
+# an upload's bytes go to the spool (and its hashes) in batches of about this size
+SPOOL_BATCH_BYTES = 1024 * 1024
 
 
 @dataclass
@@ -42,6 +44,7 @@ class ObjectsContext:
     bucket: str
     spool_reservations: SpoolReservations = field(default_factory=lambda: SpoolReservations())
     wake_dispatcher: Callable[[], None] = lambda: None
+    origin: str = ""  # the runtime's token, sent with its work notifications
 
 
 class SpoolReservations:
@@ -199,17 +202,20 @@ async def accept_upload(
                 if idempotency_key is not None
                 else None
             )
-            # a retry's name is held by its own earlier upload: that is no conflict
-            if earlier is None and repository.live_name_exists(session, tenant, name):
+            if earlier is not None:
+                # a retry's name is held by its own earlier upload: that is no conflict
+                return True, repository.pending_bytes(session)
+            taken, held = repository.live_name_and_pending_bytes(session, tenant, name)
+            if taken:
                 raise errors.name_taken(name)
-            return earlier is not None, repository.pending_bytes(session)
+            return False, held
 
     is_retry, held = await run_in_threadpool(precheck)
     reservation = ctx.spool_reservations.open(settings.SPOOL_MAX_BYTES - held)
     try:
         if content_length is not None:
             reservation.take(content_length)
-        spooled = await _spool_body(ctx, body, reservation, counted=content_length is not None)
+        spooled = await _spool_body(ctx, body, reservation, content_length)
         try:
             if expected_md5 is not None and expected_md5 != spooled.md5:
                 raise errors.digest_mismatch("Content-MD5")
@@ -225,7 +231,7 @@ async def accept_upload(
                 await run_in_threadpool(_earlier_upload, ctx.sessions, row) if is_retry else None
             )
             if holder is None:
-                holder = await run_in_threadpool(_insert, ctx.sessions, row)
+                holder = await run_in_threadpool(_insert, ctx.sessions, row, ctx.origin)
             if holder is not row:
                 Spool.release(spooled.path)
                 return Accepted(_same_upload(holder, row), replayed=True)
@@ -260,16 +266,34 @@ def _same_upload(earlier: ObjectRow, retry: ObjectRow) -> ObjectRow:
 
 
 async def _spool_body(
-    ctx: ObjectsContext, body: UploadBody, reservation: Reservation, counted: bool
+    ctx: ObjectsContext, body: UploadBody, reservation: Reservation, content_length: int | None
 ) -> SpooledObject:
-    """`counted`: the whole body was reserved up front from its Content-Length."""
-    writer: SpoolWriter = ctx.spool.writer(ctx.settings.MAX_OBJECT_BYTES)
+    """Writes the body to the spool, hashing it, in a worker thread a batch at a
+    time: the event loop only receives, and hashing (which releases the GIL)
+    and the final fsync run beside it. With a Content-Length the whole body was
+    reserved up front."""
+    max_bytes = ctx.settings.MAX_OBJECT_BYTES
+    writer: SpoolWriter = ctx.spool.writer(max_bytes, content_length)
+    batch: list[bytes] = []
+    batched = received = 0
     try:
         async for chunk in body.chunks():
-            writer.write(chunk)
-            if not counted or writer.size > reservation.taken:
+            received += len(chunk)
+            if received > max_bytes:
+                raise TooLarge(f"the object is larger than {max_bytes} bytes")
+            if content_length is None or received > reservation.taken:
                 reservation.take(len(chunk))
-        return writer.finish()
+            batch.append(chunk)
+            batched += len(chunk)
+            if batched >= SPOOL_BATCH_BYTES:
+                await run_in_threadpool(writer.write_all, batch)
+                batch, batched = [], 0
+
+        def finish() -> SpooledObject:
+            writer.write_all(batch)
+            return writer.finish()
+
+        return await run_in_threadpool(finish)
     except TooLarge as exc:
         writer.discard()
         raise errors.too_large(ctx.settings.MAX_OBJECT_BYTES) from exc
@@ -316,12 +340,12 @@ def _new_row(
     )
 
 
-def _insert(sessions: sessionmaker[Session], row: ObjectRow) -> ObjectRow:
+def _insert(sessions: sessionmaker[Session], row: ObjectRow, origin: str = "") -> ObjectRow:
     """Commits `row`, or returns the earlier upload that holds its Idempotency-Key."""
     try:
         with sessions.begin() as session:
             repository.insert_object(session, row)
-            notify.new_work(session)  # wakes workers in other processes at commit
+            notify.new_work(session, origin)  # wakes workers in other processes at commit
     except IntegrityError as exc:
         # two uploads raced past the first look: the unique indexes decide which
         # one won, and the loser is either a retry of the winner or a name clash
@@ -366,7 +390,7 @@ async def delete_object(ctx: ObjectsContext, tenant: str, object_id: str) -> Obj
             # a worker still on a step of it can no longer record anything
             row.lease_token = repository.new_object_id()
             row.lease_owner = None
-            notify.new_work(session)
+            notify.new_work(session, ctx.origin)
             return row
 
     row = await run_in_threadpool(mark)
@@ -383,16 +407,19 @@ async def wait_settled(
 ) -> ObjectRow:
     """Long-poll: returns once the object leaves pending, or when the wait is over.
 
-    Woken by the in-process verifier at once; re-reads the ledger at most once a
-    second for objects that another process settles.
+    Woken by the in-process verifier at once, with the row it committed; re-reads
+    the ledger at most once a second for objects that another process settles.
     """
     deadline = time.monotonic() + min(wait_seconds, ctx.settings.MAX_WAIT_SECONDS)
     while row.state == PENDING:
         remaining = deadline - time.monotonic()
         if remaining <= 0:
             break
-        await ctx.settlements.wait(row.id, min(remaining, WAIT_RECHECK_SECONDS))
-        row = await get_object(ctx, tenant, row.id)
+        settled = await ctx.settlements.wait(row.id, min(remaining, WAIT_RECHECK_SECONDS))
+        if settled is not None and settled.tenant == tenant:
+            row = settled
+        else:
+            row = await get_object(ctx, tenant, row.id)
     return row
 
 

@@ -7,9 +7,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import uuid
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import AsyncExitStack
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy import Engine, text
@@ -46,6 +47,8 @@ class Runtime:
     verifier: Verifier
     dispatcher: Dispatcher
     outbox: Outbox
+    # sent with this runtime's work notifications; its own listener skips them
+    origin: str = field(default_factory=lambda: uuid.uuid4().hex)
 
     def check_ready(self) -> None:
         """Raises unless the ledger and the store answer."""
@@ -174,6 +177,7 @@ def _listen_for_wake_ups(runtime: Runtime, stack: AsyncExitStack) -> None:
         on_settled=lambda object_id: loop.call_soon_threadsafe(
             _settled_elsewhere, runtime, object_id
         ),
+        origin=runtime.origin,
     )
     listener.start()
     stack.callback(listener.stop)

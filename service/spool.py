@@ -17,6 +17,7 @@ from pathlib import Path
 STALE_PART_SECONDS = 3600  # an upload still streaming after an hour is gone
 # a finished spool file gets its row within milliseconds; older and unreferenced: a leftover
 UNREFERENCED_FILE_SECONDS = 600
+READ_BACK_BYTES = 1024 * 1024
 
 
 class TooLarge(Exception):
@@ -36,7 +37,17 @@ class SpooledObject:
 class SpoolWriter:
     """Writes one upload into the spool. `finish` keeps it; `discard` removes it."""
 
-    def __init__(self, directory: Path, max_bytes: int, part_bytes: int, threshold_bytes: int):
+    def __init__(
+        self,
+        directory: Path,
+        max_bytes: int,
+        part_bytes: int,
+        threshold_bytes: int,
+        at_most_bytes: int | None = None,
+    ):
+        """`at_most_bytes`: an upper bound on the body known up front (its
+        Content-Length); at or under the multipart threshold, no part MD5s are
+        needed, and hashing every byte a third time would be wasted."""
         self.path = directory / f"{uuid.uuid4().hex}.part"
         self._file = self.path.open("wb")
         self._max_bytes = max_bytes
@@ -47,6 +58,7 @@ class SpoolWriter:
         self._part_md5 = hashlib.md5()
         self._part_filled = 0
         self._part_md5s: list[str] = []
+        self._single_part = at_most_bytes is not None and at_most_bytes <= threshold_bytes
         self.size = 0
 
     def write(self, chunk: bytes) -> None:
@@ -58,6 +70,20 @@ class SpoolWriter:
         self._file.write(chunk)
         self._sha256.update(chunk)
         self._md5.update(chunk)
+        if self._single_part:
+            if self.size <= self._threshold_bytes:
+                return
+            # longer than its Content-Length said (a body framed otherwise): the part
+            # MD5s are made up for from what is spooled, and kept from here on
+            self._single_part = False
+            self._file.flush()
+            with self.path.open("rb") as spooled:
+                while piece := spooled.read(READ_BACK_BYTES):
+                    self._add_to_parts(piece)
+            return
+        self._add_to_parts(chunk)
+
+    def _add_to_parts(self, chunk: bytes) -> None:
         view = memoryview(chunk)
         while view:
             take = min(len(view), self._part_bytes - self._part_filled)
@@ -68,6 +94,10 @@ class SpoolWriter:
                 self._part_md5s.append(self._part_md5.hexdigest())
                 self._part_md5 = hashlib.md5()
                 self._part_filled = 0
+
+    def write_all(self, chunks: list[bytes]) -> None:
+        for chunk in chunks:
+            self.write(chunk)
 
     def finish(self) -> SpooledObject:
         self._file.flush()
@@ -125,8 +155,10 @@ class Spool:
                     removed += 1
         return removed
 
-    def writer(self, max_bytes: int) -> SpoolWriter:
-        return SpoolWriter(self.directory, max_bytes, self._part_bytes, self._threshold_bytes)
+    def writer(self, max_bytes: int, at_most_bytes: int | None = None) -> SpoolWriter:
+        return SpoolWriter(
+            self.directory, max_bytes, self._part_bytes, self._threshold_bytes, at_most_bytes
+        )
 
     @staticmethod
     def release(path: str | Path) -> None:

@@ -12,9 +12,10 @@ import pytest
 from fastapi.testclient import TestClient
 
 from service.app import create_app
-from service.auth import create_key
+from service.auth import DEFAULT_TENANT, Authenticator, Caller, create_key, parse_preset_keys
 from service.ledger import api_keys
 from service.ledger.database import make_engine, make_sessionmaker
+from service.ledger.models import Base
 from service.settings import Settings
 from tests.service_process import SERVICE_BIN
 
@@ -129,3 +130,21 @@ def test_keys_cli_and_refusing_to_serve_open_beyond_loopback(tmp_path: Path) -> 
     revoked = _cli(tmp_path, "keys", "revoke", key[:10])
     assert revoked.returncode == 0 and "revoked 1" in revoked.stdout
     assert _cli(tmp_path, "keys", "revoke", key[:10]).returncode == 1
+
+
+def test_callers_known_without_the_ledger_skip_it(tmp_path: Path) -> None:
+    """A preset key, or open mode checked within the last seconds, needs no read;
+    anything else (a ledger key, an unknown or malformed one) goes to `authenticate`."""
+    engine = make_engine(f"sqlite:///{tmp_path / 'ledger.db'}")
+    Base.metadata.create_all(engine)
+    try:
+        preset = Authenticator(make_sessionmaker(engine), parse_preset_keys(f"acme:{A}"))
+        assert preset.authenticate_without_io(f"Bearer {A}") == Caller("acme")
+        for header in (None, f"Bearer {B}", "Basic x", "Bearer "):
+            assert preset.authenticate_without_io(header) is None
+        open_mode = Authenticator(make_sessionmaker(engine), {})
+        assert open_mode.authenticate_without_io(None) is None  # not checked yet
+        assert open_mode.authenticate(None) == Caller(DEFAULT_TENANT)
+        assert open_mode.authenticate_without_io(None) == Caller(DEFAULT_TENANT)
+    finally:
+        engine.dispose()

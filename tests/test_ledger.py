@@ -57,6 +57,11 @@ def test_a_live_name_is_unique_per_tenant(engine: Engine) -> None:
     with sessions() as session:
         assert repository.live_name_exists(session, "default", "n")
         assert not repository.live_name_exists(session, "default", "m")
+        held = repository.pending_bytes(session)
+        assert held > 0
+        assert repository.live_name_and_pending_bytes(session, "default", "n") == (True, held)
+        assert repository.live_name_and_pending_bytes(session, "default", "m") == (False, held)
+        assert repository.live_name_and_pending_bytes(session, "other", "m") == (False, held)
 
 
 def test_claim_takes_due_unleased_rows_once(engine: Engine) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import io
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -19,7 +20,7 @@ from service.storage.base import (
     multipart_etag,
 )
 from service.storage.memory import MemoryStore
-from service.storage.s3 import S3Store
+from service.storage.s3 import PartReader, S3Store
 
 MIB = 1024 * 1024
 
@@ -135,3 +136,17 @@ def test_s3_unreachable_is_unavailable(tmp_path: Path) -> None:
     with pytest.raises(Unavailable) as raised:
         store.head("k", StoreCalls())
     assert raised.value.code == "EndpointConnectionError"
+
+
+def test_a_part_reader_is_a_stream_of_its_slice_alone() -> None:
+    data = bytes(range(256)) * 100
+    reader = PartReader(io.BytesIO(data), 1000, 5000)
+    assert reader.read(10) == data[1000:1010]
+    assert reader.tell() == 10
+    assert reader.seek(0, io.SEEK_END) == 5000  # how a sender learns its length
+    assert reader.seek(0) == 0
+    assert reader.read() == data[1000:6000]
+    assert reader.read(5) == b""
+    reader.seek(4990)
+    assert reader.read(100) == data[5990:6000]
+    assert not hasattr(reader, "fileno")

@@ -27,7 +27,11 @@ async def get_caller(
     _: Annotated[HTTPAuthorizationCredentials | None, Security(bearer)],
 ) -> Caller:
     authenticator: Authenticator = request.app.state.authenticator
-    return await run_in_threadpool(authenticator.authenticate, request.headers.get("authorization"))
+    authorization = request.headers.get("authorization")
+    caller = authenticator.authenticate_without_io(authorization)
+    if caller is not None:
+        return caller
+    return await run_in_threadpool(authenticator.authenticate, authorization)
 
 
 async def get_reader(request: Request, caller: Annotated[Caller, Depends(get_caller)]) -> Caller:

@@ -1,7 +1,9 @@
 """Wake-ups across processes on PostgreSQL: LISTEN/NOTIFY.
 
-An upload's transaction notifies `verified_urls_work`, so every worker on any
-machine wakes at once instead of at its next poll; a settled object's
+An upload's transaction notifies `verified_urls_work` (with its runtime's
+token, so that the runtime's own listener, whose verifier was woken
+in-process, skips it), so every worker on any machine wakes at once instead of
+at its next poll; a settled object's
 transaction notifies `verified_urls_settled` with its id, so a client waiting
 on another API process is answered at once. Notifications are delivered at
 commit, never for a rolled-back transaction. On SQLite (one process) these are
@@ -30,9 +32,14 @@ def _is_postgresql(session: Session) -> bool:
     return session.get_bind().dialect.name == "postgresql"
 
 
-def new_work(session: Session) -> None:
+def new_work(session: Session, origin: str = "") -> None:
+    """`origin`: the sending runtime's token; its own listener skips the
+    notification, as its verifier was already woken in-process."""
     if _is_postgresql(session):
-        session.execute(text("SELECT pg_notify(:channel, '')"), {"channel": WORK_CHANNEL})
+        session.execute(
+            text("SELECT pg_notify(:channel, :origin)"),
+            {"channel": WORK_CHANNEL, "origin": origin},
+        )
 
 
 def settled(session: Session, object_id: str) -> None:
@@ -51,11 +58,13 @@ class Listener:
         database_url: str,
         on_work: Callable[[], object],
         on_settled: Callable[[str], object],
+        origin: str = "",
     ) -> None:
         url = make_url(database_url).set(drivername="postgresql")
         self._dsn = url.render_as_string(hide_password=False)
         self._on_work = on_work
         self._on_settled = on_settled
+        self._origin = origin  # work notified by this runtime itself is skipped
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="pg-listener", daemon=True)
 
@@ -87,6 +96,7 @@ class Listener:
             while not self._stop.is_set():
                 for notification in connection.notifies(timeout=1.0):
                     if notification.channel == WORK_CHANNEL:
-                        self._on_work()
+                        if not self._origin or notification.payload != self._origin:
+                            self._on_work()
                     elif notification.channel == SETTLED_CHANNEL:
                         self._on_settled(notification.payload)

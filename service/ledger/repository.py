@@ -7,7 +7,7 @@ import uuid
 from collections.abc import Sequence
 from datetime import datetime, timedelta
 
-from sqlalchemy import ColumnElement, and_, func, literal, or_, select, update
+from sqlalchemy import ColumnElement, Select, and_, func, insert, literal, or_, select, update
 from sqlalchemy.orm import Session
 
 from service.ledger.models import DONE, PENDING, PURGING, VERIFIED, EventRow, ObjectRow
@@ -67,23 +67,36 @@ def object_by_idempotency_key(session: Session, tenant: str, key: str) -> Object
     ).one_or_none()
 
 
-def live_name_exists(session: Session, tenant: str, name: str) -> bool:
-    found = session.scalar(
-        select(ObjectRow.id).where(
-            ObjectRow.tenant == tenant,
-            ObjectRow.name == name,
-            or_(ObjectRow.state.in_((PENDING, VERIFIED)), ObjectRow.phase == PURGING),
-        )
+def _live_name(tenant: str, name: str) -> Select[str]:
+    return select(ObjectRow.id).where(
+        ObjectRow.tenant == tenant,
+        ObjectRow.name == name,
+        or_(ObjectRow.state.in_((PENDING, VERIFIED)), ObjectRow.phase == PURGING),
     )
-    return found is not None
+
+
+def _pending_bytes() -> Select[int]:
+    return select(func.coalesce(func.sum(ObjectRow.size), 0)).where(ObjectRow.state == PENDING)
+
+
+def live_name_exists(session: Session, tenant: str, name: str) -> bool:
+    return session.scalar(_live_name(tenant, name).limit(1)) is not None
 
 
 def pending_bytes(session: Session) -> int:
     """What the spool holds: every pending object keeps its copy there."""
-    total = session.scalar(
-        select(func.coalesce(func.sum(ObjectRow.size), 0)).where(ObjectRow.state == PENDING)
-    )
-    return int(total or 0)
+    return int(session.scalar(_pending_bytes()) or 0)
+
+
+def live_name_and_pending_bytes(session: Session, tenant: str, name: str) -> tuple[bool, int]:
+    """`live_name_exists` and `pending_bytes` in one round trip (every upload asks both)."""
+    row = session.execute(
+        select(
+            _live_name(tenant, name).limit(1).exists(),
+            _pending_bytes().scalar_subquery(),
+        )
+    ).one()
+    return bool(row[0]), int(row[1] or 0)
 
 
 def pending_spool_paths(session: Session) -> set[str]:
@@ -210,21 +223,27 @@ def add_events(
     worker: str,
     outcome_override: str | None = None,
 ) -> None:
-    for call in calls:
-        session.add(
-            EventRow(
-                object_id=object_id,
-                at=at,
-                round=round_number,
-                action=call.action,
-                outcome=outcome_override or call.outcome,
-                error_code=call.error_code,
-                detail=call.detail,
-                http_status=call.http_status,
-                latency_ms=round(call.latency_seconds * 1000, 3),
-                worker=worker,
-            )
-        )
+    if not calls:
+        return
+    # one INSERT (executemany) without the unit of work: events are never read back here
+    session.execute(
+        insert(EventRow),
+        [
+            {
+                "object_id": object_id,
+                "at": at,
+                "round": round_number,
+                "action": call.action,
+                "outcome": outcome_override or call.outcome,
+                "error_code": call.error_code,
+                "detail": call.detail,
+                "http_status": call.http_status,
+                "latency_ms": round(call.latency_seconds * 1000, 3),
+                "worker": worker,
+            }
+            for call in calls
+        ],
+    )
 
 
 def events_for(session: Session, object_id: str) -> Sequence[EventRow]:

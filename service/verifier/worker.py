@@ -178,7 +178,7 @@ class Verifier:
 
     def _settled(self, row: ObjectRow) -> None:
         Spool.release(row.spool_path)
-        self._settlements.notify(row.id)
+        self._settlements.notify(row.id, row)  # as committed: waiters need not read it back
         self._on_settled()
 
     async def _save(self, row: ObjectRow, token: str, keep: bool, calls: list[StoreCall]) -> bool:
