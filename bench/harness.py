@@ -34,6 +34,7 @@ PAGE_BYTES = os.sysconf("SC_PAGE_SIZE")
 CREDENTIALS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing"}
 REGION = "us-east-1"
 MIB = 1024**2
+BENCH_TENANT = "bench"  # the tenant of `--api-key` in the benches that start their service
 
 
 class Timeout(Exception):
@@ -200,9 +201,11 @@ def service_env(
     bucket: str,
     spool_dir: Path,
     profile: str = "strong",
+    api_key: str | None = None,
     **extra: object,
 ) -> dict[str, str]:
-    """The service's settings for a bench; `extra` names are without the prefix."""
+    """The service's settings for a bench; `extra` names are without the prefix.
+    With `api_key`, the service knows it (preset) as tenant BENCH_TENANT's."""
     env = {
         "VERIFIED_URLS_DATABASE_URL": database_url,
         "VERIFIED_URLS_S3_ENDPOINT_URL": endpoint_url,
@@ -212,8 +215,15 @@ def service_env(
         "VERIFIED_URLS_AWS_ACCESS_KEY_ID": CREDENTIALS["AWS_ACCESS_KEY_ID"],
         "VERIFIED_URLS_AWS_SECRET_ACCESS_KEY": CREDENTIALS["AWS_SECRET_ACCESS_KEY"],
     }
+    if api_key is not None:
+        env["VERIFIED_URLS_API_KEYS"] = f"{BENCH_TENANT}:{api_key}"
     env.update({f"VERIFIED_URLS_{name}": str(value) for name, value in extra.items()})
     return env
+
+
+def key_prefix(api_key: str | None) -> str:
+    """Where the service puts a bench's objects in the bucket: its tenant's prefix."""
+    return f"{BENCH_TENANT}/" if api_key is not None else ""
 
 
 def start_service(

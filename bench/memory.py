@@ -86,7 +86,9 @@ def main() -> int:
     parser.add_argument("--object-bytes", type=int, default=GIB)
     parser.add_argument("--ledger", choices=("postgresql", "sqlite"), default="postgresql")
     parser.add_argument("--service-setting", action="append", default=[], metavar="NAME=VALUE")
-    parser.add_argument("--api-key", default=None)
+    parser.add_argument(
+        "--api-key", default=None, help="the service is given it (preset) and the client sends it"
+    )
     parser.add_argument("--timeout-seconds", type=int, default=1800)
     args = parser.parse_args()
     if args.object_bytes < 16:
@@ -132,6 +134,7 @@ def main() -> int:
                     bucket=harness.unique_bucket("bench-memory"),
                     spool_dir=work / "spool",
                     profile="strong",
+                    api_key=args.api_key,
                     **dict(item.split("=", 1) for item in args.service_setting),
                 )
                 service = harness.start_service(processes, env)

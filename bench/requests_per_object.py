@@ -93,7 +93,9 @@ def main() -> int:
         help="strong,eventual",
     )
     parser.add_argument("--ledger", choices=("postgresql", "sqlite"), default="postgresql")
-    parser.add_argument("--api-key", default=None)
+    parser.add_argument(
+        "--api-key", default=None, help="the service is given it (preset) and the client sends it"
+    )
     parser.add_argument("--timeout-seconds", type=int, default=1200)
     args = parser.parse_args()
     harness.install_alarm(args.timeout_seconds)
@@ -137,6 +139,7 @@ def main() -> int:
                         bucket=bucket,
                         spool_dir=work / "spool",
                         profile=profile,
+                        api_key=args.api_key,
                     )
                     service = harness.start_service(
                         processes, env, log_name=f"service-{profile}.log"

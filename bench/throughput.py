@@ -109,6 +109,7 @@ class Bench:
                     bucket=self.bucket,
                     spool_dir=self.work / "spool",
                     profile="strong",
+                    api_key=args.api_key,
                     WORKER_CONCURRENCY=args.worker_concurrency,
                     **dict(item.split("=", 1) for item in args.service_setting),
                 )
@@ -239,7 +240,9 @@ class Bench:
         return one
 
     def _delete_prefix(self, prefix: str, count: int) -> None:
-        keys = [{"Key": f"{prefix}/object-{index:05d}"} for index in range(count)]
+        # the service's objects live under its tenant's key prefix, the direct ones do not
+        tenant = harness.key_prefix(self.args.api_key) if "service" in prefix else ""
+        keys = [{"Key": f"{tenant}{prefix}/object-{index:05d}"} for index in range(count)]
         for start in range(0, len(keys), 1000):
             self.s3.delete_objects(
                 Bucket=self.bucket, Delete={"Objects": keys[start : start + 1000], "Quiet": True}
@@ -362,7 +365,9 @@ def main() -> int:
         metavar="NAME=VALUE",
         help="an extra VERIFIED_URLS_NAME for the service",
     )
-    parser.add_argument("--api-key", default=None)
+    parser.add_argument(
+        "--api-key", default=None, help="the service is given it (preset) and the client sends it"
+    )
     parser.add_argument("--timeout-seconds", type=int, default=1800)
     args = parser.parse_args()
     harness.install_alarm(args.timeout_seconds)

@@ -62,7 +62,9 @@ def main() -> int:
         help="both sides reach moto through the chaos proxy adding this to every request",
     )
     parser.add_argument("--service-setting", action="append", default=[], metavar="NAME=VALUE")
-    parser.add_argument("--api-key", default=None)
+    parser.add_argument(
+        "--api-key", default=None, help="the service is given it (preset) and the client sends it"
+    )
     parser.add_argument("--timeout-seconds", type=int, default=1200)
     args = parser.parse_args()
     harness.install_alarm(args.timeout_seconds)
@@ -106,6 +108,7 @@ def main() -> int:
                     bucket=bucket,
                     spool_dir=work / "spool",
                     profile="strong",
+                    api_key=args.api_key,
                     WORKER_CONCURRENCY=args.worker_concurrency,
                     **dict(item.split("=", 1) for item in args.service_setting),
                 )
