@@ -149,7 +149,7 @@ async def build_runtime(
         executor,
         owner=owner,
         outbox=outbox,
-        on_settled=dispatcher.wake,
+        on_event_queued=dispatcher.wake,
     )
     runtime = Runtime(
         settings,
@@ -175,17 +175,13 @@ def _listen_for_wake_ups(runtime: Runtime, stack: AsyncExitStack) -> None:
         runtime.settings.DATABASE_URL,
         on_work=lambda: loop.call_soon_threadsafe(runtime.verifier.wake),
         on_settled=lambda object_id: loop.call_soon_threadsafe(
-            _settled_elsewhere, runtime, object_id
+            runtime.settlements.notify, object_id
         ),
+        on_deliveries=lambda: loop.call_soon_threadsafe(runtime.dispatcher.wake),
         origin=runtime.origin,
     )
     listener.start()
     stack.callback(listener.stop)
-
-
-def _settled_elsewhere(runtime: Runtime, object_id: str) -> None:
-    runtime.settlements.notify(object_id)
-    runtime.dispatcher.wake()  # its event may be ours to send
 
 
 async def _verify_and_dispatch(runtime: Runtime, stop: asyncio.Event) -> None:

@@ -80,3 +80,34 @@ def test_waiters_get_the_settled_row_from_an_in_process_notify() -> None:
     assert first is not None and first.state == "verified"
     assert second is first
     assert third is None
+
+
+def test_queued_webhook_events_wake_dispatchers_elsewhere(pg_url: str) -> None:
+    """Only a queued event wakes a dispatcher (a wake-up costs it a query); one
+    queued in another process reaches it through NOTIFY."""
+    woken = threading.Event()
+    calls: list[str] = []
+
+    def on_deliveries() -> None:
+        calls.append("deliveries")
+        woken.set()
+
+    listener = notify.Listener(
+        pg_url, on_work=lambda: None, on_settled=lambda _: None, on_deliveries=on_deliveries
+    )
+    listener.start()
+    engine = create_engine(pg_url)
+    try:
+        assert woken.wait(WAKE_TIMEOUT_SECONDS)  # every (re)connection starts with one
+        woken.clear()
+        with Session(engine) as session, session.begin():
+            notify.new_work(session, "other")
+            notify.settled(session, "a" * 32)
+        assert not woken.wait(1.0)
+        with Session(engine) as session, session.begin():
+            notify.new_deliveries(session)
+        assert woken.wait(WAKE_TIMEOUT_SECONDS)
+        assert calls == ["deliveries", "deliveries"]
+    finally:
+        listener.stop()
+        engine.dispose()

@@ -25,6 +25,7 @@ log = logging.getLogger(__name__)
 
 WORK_CHANNEL = "verified_urls_work"
 SETTLED_CHANNEL = "verified_urls_settled"
+DELIVERIES_CHANNEL = "verified_urls_deliveries"
 RECONNECT_SECONDS = 1.0
 
 
@@ -40,6 +41,12 @@ def new_work(session: Session, origin: str = "") -> None:
             text("SELECT pg_notify(:channel, :origin)"),
             {"channel": WORK_CHANNEL, "origin": origin},
         )
+
+
+def new_deliveries(session: Session) -> None:
+    """A webhook event was queued: wakes the dispatchers of every process."""
+    if _is_postgresql(session):
+        session.execute(text("SELECT pg_notify(:channel, '')"), {"channel": DELIVERIES_CHANNEL})
 
 
 def settled(session: Session, object_id: str) -> None:
@@ -59,11 +66,13 @@ class Listener:
         on_work: Callable[[], object],
         on_settled: Callable[[str], object],
         origin: str = "",
+        on_deliveries: Callable[[], object] = lambda: None,
     ) -> None:
         url = make_url(database_url).set(drivername="postgresql")
         self._dsn = url.render_as_string(hide_password=False)
         self._on_work = on_work
         self._on_settled = on_settled
+        self._on_deliveries = on_deliveries
         self._origin = origin  # work notified by this runtime itself is skipped
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="pg-listener", daemon=True)
@@ -91,8 +100,10 @@ class Listener:
         with psycopg.connect(self._dsn, autocommit=True) as connection:
             connection.execute(f"LISTEN {WORK_CHANNEL}")
             connection.execute(f"LISTEN {SETTLED_CHANNEL}")
+            connection.execute(f"LISTEN {DELIVERIES_CHANNEL}")
             # anything that happened while (re)connecting is caught by a wake-up
             self._on_work()
+            self._on_deliveries()
             while not self._stop.is_set():
                 for notification in connection.notifies(timeout=1.0):
                     if notification.channel == WORK_CHANNEL:
@@ -100,3 +111,5 @@ class Listener:
                             self._on_work()
                     elif notification.channel == SETTLED_CHANNEL:
                         self._on_settled(notification.payload)
+                    elif notification.channel == DELIVERIES_CHANNEL:
+                        self._on_deliveries()

@@ -71,7 +71,7 @@ class Verifier:
         owner: str | None = None,
         rng: random.Random | None = None,
         outbox: Outbox | None = None,
-        on_settled: Callable[[], None] = lambda: None,
+        on_event_queued: Callable[[], None] = lambda: None,
     ) -> None:
         self._sessions = sessions
         self._store = store
@@ -82,7 +82,7 @@ class Verifier:
         self.owner = owner or make_owner_name()
         self._rng = rng or random.Random()
         self._outbox = outbox
-        self._on_settled = on_settled
+        self._on_event_queued = on_event_queued
         self._wake = asyncio.Event()
         self._held: dict[str, str] = {}  # object id -> lease token
         self._tasks: set[asyncio.Task[None]] = set()
@@ -179,9 +179,10 @@ class Verifier:
     def _settled(self, row: ObjectRow) -> None:
         Spool.release(row.spool_path)
         self._settlements.notify(row.id, row)  # as committed: waiters need not read it back
-        self._on_settled()
 
     async def _save(self, row: ObjectRow, token: str, keep: bool, calls: list[StoreCall]) -> bool:
+
+        queued: list[bool] = []
 
         def save() -> bool:
             now = utcnow()
@@ -192,13 +193,17 @@ class Verifier:
                     return False
                 repository.add_events(session, row.id, row.rounds, calls, now, self.owner)
                 if row.state in (VERIFIED, FAILED):
-                    if self._outbox is not None:
-                        # the event is written with the state change, or not at all
-                        self._outbox.enqueue_settled(session, row, now)
+                    # the event is written with the state change, or not at all
+                    if self._outbox is not None and self._outbox.enqueue_settled(session, row, now):
+                        notify.new_deliveries(session)  # dispatchers elsewhere, at commit
+                        queued.append(True)
                     notify.settled(session, row.id)  # clients waiting elsewhere, at commit
                 return True
 
-        return await self._in_thread(save)
+        saved = await self._in_thread(save)
+        if queued:
+            self._on_event_queued()  # only then: a wake-up costs the dispatcher a query
+        return saved
 
     async def step(self, row: ObjectRow) -> list[StoreCall]:
         """One action on the row: deadline check, PUT, check, or purge. Applies its outcome."""

@@ -17,7 +17,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from service import errors
-from service.ledger import deliveries, repository
+from service.ledger import deliveries, notify, repository
 from service.ledger.models import (
     DELETED,
     FAILED,
@@ -186,4 +186,5 @@ def replay(
             outbox.give_up_at(now),
             webhook_id=original.webhook_id,
         )
+        notify.new_deliveries(session)
         return DeliveryView(row, [])
