@@ -206,6 +206,14 @@ async def accept_upload(
                 # a retry's name is held by its own earlier upload: that is no conflict
                 return True, repository.pending_bytes(session)
             taken, held = repository.live_name_and_pending_bytes(session, tenant, name)
+            if taken and idempotency_key is not None:
+                # the upload holding the name may have committed between the two
+                # looks: if it holds this key too, this is its retry after all
+                taken = (
+                    repository.object_by_idempotency_key(session, tenant, idempotency_key) is None
+                )
+                if not taken:
+                    return True, held
             if taken:
                 raise errors.name_taken(name)
             return False, held

@@ -146,9 +146,37 @@ def test_concurrent_duplicates_make_exactly_one_object(settings: Settings) -> No
     answers = asyncio.run(race())
     # a replay answers with the object as it stands: verified by then, or not
     for answer in answers:
+        assert "state" in answer.json(), answer.text
         expected = 201 if answer.json()["state"] == "verified" else 202
         assert answer.status_code == expected, answer.text
     assert len({a.json()["id"] for a in answers}) == 1
     assert sum(a.headers.get("idempotent-replayed") == "true" for a in answers) == 11
     rows, _ = ledger_state(settings)
     assert rows == 1
+
+
+def test_a_retry_whose_first_upload_commits_between_the_two_looks(
+    client: TestClient, settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The first upload commits after the retry looked its key up but before it
+    looked its name up: the name is held by the retry's own object, no conflict
+    (this raced as a 409 name_taken under concurrent duplicates)."""
+    first = keyed(client, "between.bin", b"between", "between-key")
+    assert first.status_code in (201, 202)
+    from service import objects
+    from service.ledger import repository
+
+    real = repository.object_by_idempotency_key
+    calls: list[int] = []
+
+    def not_committed_yet(*args: Any) -> Any:
+        calls.append(1)
+        return None if len(calls) == 1 else real(*args)
+
+    monkeypatch.setattr(objects.repository, "object_by_idempotency_key", not_committed_yet)
+    retry = keyed(client, "between.bin", b"between", "between-key")
+    assert retry.status_code in (201, 202), retry.text
+    assert retry.json()["id"] == first.json()["id"]
+    assert retry.headers["idempotent-replayed"] == "true"
+    other = keyed(client, "between.bin", b"other bytes", "another-key")
+    assert other.status_code == 409 and other.json()["code"] == "name_taken"
