@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Sequence
-from datetime import datetime, timedelta
+from datetime import datetime
 
 from sqlalchemy import func, literal, or_, select, update
 from sqlalchemy.orm import Session
 
+from service.ledger import repository
 from service.ledger.models import (
     DELIVERY_FAILED,
     DELIVERY_PENDING,
@@ -113,12 +114,7 @@ def claim_due(
             .with_for_update(skip_locked=True)
         )
     )
-    expires = now + timedelta(seconds=lease_seconds)
-    for row in rows:
-        row.lease_owner = owner
-        row.lease_token = uuid.uuid4().hex
-        row.lease_expires_at = expires
-    session.flush()
+    repository.grant_leases(session, rows, owner, now, lease_seconds)
     return rows
 
 

@@ -10,7 +10,15 @@ from datetime import datetime, timedelta
 from sqlalchemy import ColumnElement, Select, and_, func, insert, literal, or_, select, update
 from sqlalchemy.orm import Session
 
-from service.ledger.models import DONE, PENDING, PURGING, VERIFIED, EventRow, ObjectRow
+from service.ledger.models import (
+    DONE,
+    PENDING,
+    PURGING,
+    VERIFIED,
+    DeliveryRow,
+    EventRow,
+    ObjectRow,
+)
 from service.storage.base import StoreCall
 
 # columns the verifier may change; everything else is fixed at upload
@@ -163,13 +171,25 @@ def claim_due(
             .with_for_update(skip_locked=True)
         )
     )
+    grant_leases(session, rows, owner, now, lease_seconds)
+    return rows
+
+
+def grant_leases(
+    session: Session,
+    rows: Sequence[ObjectRow | DeliveryRow],
+    owner: str,
+    now: datetime,
+    lease_seconds: float,
+) -> None:
+    """Leases claimed rows (objects or deliveries): a new token each claim, so
+    that a holder whose lease was taken over can no longer write."""
     expires = now + timedelta(seconds=lease_seconds)
     for row in rows:
         row.lease_owner = owner
         row.lease_token = uuid.uuid4().hex
         row.lease_expires_at = expires
     session.flush()
-    return rows
 
 
 def next_due_at(session: Session) -> datetime | None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from datetime import UTC, datetime
 
 from service.ledger.models import ObjectRow
 
@@ -42,3 +43,16 @@ class Settlements:
                 del self._events[object_id]
                 self._rows.pop(object_id, None)
         return row
+
+
+async def sleep_until_woken(
+    wake: asyncio.Event, stop: asyncio.Event, poll_seconds: float, due: datetime | None
+) -> None:
+    """An idle loop's sleep: until woken, stopped, the next due time, or the poll."""
+    timeout = poll_seconds
+    if due is not None:
+        timeout = min(timeout, max(0.0, (due - datetime.now(UTC)).total_seconds()))
+    waiters = [asyncio.ensure_future(wake.wait()), asyncio.ensure_future(stop.wait())]
+    await asyncio.wait(waiters, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+    for waiter in waiters:
+        waiter.cancel()

@@ -35,7 +35,7 @@ from service.storage.base import (
     StoreCalls,
     StoreError,
 )
-from service.verifier.notify import Settlements
+from service.verifier.notify import Settlements, sleep_until_woken
 from service.verifier.policy import Policy
 from service.webhooks.outbox import Outbox
 
@@ -140,18 +140,13 @@ class Verifier:
         return rows
 
     async def _sleep_until_due(self, stop: asyncio.Event) -> None:
-        timeout = self._config.poll_seconds
+        due = None
         if not self._tasks:
             try:
                 due = await self._in_thread(self._next_due)
             except Exception:
                 due = None
-            if due is not None:
-                timeout = min(timeout, max(0.0, (due - utcnow()).total_seconds()))
-        waiters = [asyncio.ensure_future(self._wake.wait()), asyncio.ensure_future(stop.wait())]
-        await asyncio.wait(waiters, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
-        for waiter in waiters:
-            waiter.cancel()
+        await sleep_until_woken(self._wake, stop, self._config.poll_seconds, due)
 
     def _next_due(self) -> datetime | None:
         with self._sessions() as session:

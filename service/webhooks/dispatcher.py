@@ -29,6 +29,7 @@ from service.ledger.models import (
     DeliveryRow,
 )
 from service.settings import Settings
+from service.verifier.notify import sleep_until_woken
 from service.webhooks import outbox, signing
 from service.webhooks.targets import CallbackRefused, pinned_request
 
@@ -151,7 +152,7 @@ class Dispatcher:
             return []
 
     async def _sleep_until_due(self, stop: asyncio.Event) -> None:
-        timeout = self._poll_seconds
+        due = None
         if not self._tasks:
 
             def next_due() -> datetime | None:
@@ -162,12 +163,7 @@ class Dispatcher:
                 due = await self._in_thread(next_due)
             except Exception:
                 due = None
-            if due is not None:
-                timeout = min(timeout, max(0.0, (due - utcnow()).total_seconds()))
-        waiters = [asyncio.ensure_future(self._wake.wait()), asyncio.ensure_future(stop.wait())]
-        await asyncio.wait(waiters, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
-        for waiter in waiters:
-            waiter.cancel()
+        await sleep_until_woken(self._wake, stop, self._poll_seconds, due)
 
     async def _deliver(self, client: httpx.AsyncClient, row: DeliveryRow, token: str) -> None:
         try:

@@ -92,19 +92,27 @@ def _literal(host: str) -> IpAddress | None:
         return None
 
 
-def check_callback_url(url: str, allow_private: bool) -> None:
-    """Raises CallbackRefused. Blocking (a DNS look-up): run it in a thread.
-    A name that does not resolve now is accepted; each attempt checks again."""
+def _checked(url: str, allow_private: bool) -> tuple[SplitResult, str, list[IpAddress], bool]:
+    """(parts, host, its checked addresses, whether the host is an IP literal).
+    Raises CallbackRefused for the URL or any of its addresses."""
     parts = _parts(url)
     host = (parts.hostname or "").rstrip(".")
     literal = _literal(host)
     if literal is not None:
         _check_address(literal, allow_private)
-        return
+        return parts, host, [literal], True
     if not allow_private and host.lower().endswith("localhost"):
         raise CallbackRefused("the callback URL's host is loopback")
-    for address in resolve_host(host, parts.port):
+    addresses = resolve_host(host, parts.port)
+    for address in addresses:
         _check_address(address, allow_private)
+    return parts, host, addresses, False
+
+
+def check_callback_url(url: str, allow_private: bool) -> None:
+    """Raises CallbackRefused. Blocking (a DNS look-up): run it in a thread.
+    A name that does not resolve now is accepted; each attempt checks again."""
+    _checked(url, allow_private)
 
 
 def resolve_host(host: str, port: int | None) -> list[IpAddress]:
@@ -121,22 +129,12 @@ def pinned_request(url: str, allow_private: bool) -> tuple[str, dict[str, str], 
     The name is resolved and every address checked; the request goes to the
     first address, with the name kept in `Host` and, for https, in SNI and the
     certificate check. Blocking: run it in a thread. Raises CallbackRefused."""
-    parts = _parts(url)
-    host = (parts.hostname or "").rstrip(".")
-    if _literal(host) is not None:
-        check_callback_url(url, allow_private)
+    parts, host, addresses, literal = _checked(url, allow_private)
+    if literal:
         return url, {}, {}
-    if not allow_private and host.lower().endswith("localhost"):
-        raise CallbackRefused("the callback URL's host is loopback")
-    addresses = resolve_host(host, parts.port)
     if not addresses:
         raise CallbackRefused(f"the callback URL's host {host} does not resolve")
-    for address in addresses:
-        _check_address(address, allow_private)
-    address = addresses[0]
-    netloc = f"[{address}]" if address.version == 6 else str(address)
-    original = httpx.URL(url)
-    pinned = original.copy_with(host=netloc.strip("[]"))
+    pinned = httpx.URL(url).copy_with(host=str(addresses[0]))
     extensions = {"sni_hostname": host} if parts.scheme == "https" else {}
     host_header = host if parts.port is None else f"{host}:{parts.port}"
     return str(pinned), {"host": host_header}, extensions
